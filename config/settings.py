@@ -1,0 +1,308 @@
+"""OneshotSettings: every setting of Oneshot, its default and its bounds.
+
+The models here say *what* can be configured. Where the values come from (flags, ``ONESHOT_*``
+variables, a TOML file) and how bad values are reported is :mod:`config.loader`; use
+:func:`config.load_settings` to read settings. Constructing ``OneshotSettings()`` directly also
+reads the environment and the discovered TOML file, but reports problems as raw pydantic errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+APP_NAME = "oneshot"
+CONFIG_FILE_NAME = "oneshot.toml"
+CONFIG_ENV_VAR = "ONESHOT_CONFIG"
+DEFAULT_SECRET_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*KEY*")
+
+SynchronousLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+MissingProcessMode = Literal["interrupt", "restart", "fail"]
+
+# Drivers that work with SQLAlchemy's async engine, per backend; the first is the default.
+_ASYNC_DRIVERS = {"sqlite": ("aiosqlite",), "postgresql": ("asyncpg", "psycopg", "psycopg_async")}
+_SCHEME_ALIASES = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value, or the config file is missing or unreadable.
+
+    ``key`` names what the user must fix (``ONESHOT_DATABASE__URL``, ``database.url in
+    /path/oneshot.toml``, ``database.url`` for an override, or a file path), ``problem`` says
+    what is wrong, and ``setting`` is the dotted setting name when one is involved.
+    """
+
+    def __init__(self, key: str, problem: str, *, setting: str | None = None) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+        self.setting = setting
+
+
+def normalize_database_url(value: str) -> str:
+    """Turn a plain file path or a short URL into the async SQLAlchemy URL Oneshot uses.
+
+    A path (relative, absolute or with ``~``) becomes ``sqlite+aiosqlite:///<absolute path>``;
+    ``sqlite://`` gains the aiosqlite driver and ``postgres(ql)://`` the asyncpg driver. Anything
+    else must be a valid SQLAlchemy URL for SQLite or PostgreSQL with an asyncio driver.
+    """
+    text = value.strip()
+    if not text:
+        raise ValueError("the database URL is empty")
+    if text == ":memory:":
+        return "sqlite+aiosqlite:///:memory:"
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        path = Path(os.path.abspath(os.path.expanduser(text)))
+        return f"sqlite+aiosqlite:///{path.as_posix()}"
+    url_text = f"{_SCHEME_ALIASES.get(scheme.lower(), scheme)}://{rest}"
+    try:
+        url = make_url(url_text)
+    except (ArgumentError, ValueError, TypeError) as exc:
+        raise ValueError(f"not a valid database URL ({exc})") from exc
+    backend, _, driver = url.drivername.partition("+")
+    drivers = _ASYNC_DRIVERS.get(backend)
+    if drivers is None:
+        raise ValueError(f"unsupported database backend {backend!r} (use sqlite or postgresql)")
+    if driver not in drivers:
+        raise ValueError(
+            f"driver {driver!r} cannot be used with asyncio (use {backend}+{drivers[0]})"
+        )
+    return url_text
+
+
+def default_database_url() -> str:
+    """The SQLite file in the user data directory, computed now (XDG_DATA_HOME is honoured)."""
+    path = Path(platformdirs.user_data_dir(APP_NAME)) / "oneshot.db"
+    return f"sqlite+aiosqlite:///{path.as_posix()}"
+
+
+def _split_list(value: Any) -> Any:
+    """A JSON list (``["a", "b"]``) or a comma-separated string (``a, b``) from env or a flag."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except RecursionError as exc:
+            raise ValueError("the JSON list is nested too deeply") from exc
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _none_word(value: Any) -> Any:
+    """``none`` or ``null`` (any case) switches an optional limit off; TOML has no null."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "null"):
+        return None
+    return value
+
+
+StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+OptionalPositiveFloat = Annotated[Annotated[float, Field(gt=0)] | None, BeforeValidator(_none_word)]
+OptionalPositiveInt = Annotated[Annotated[int, Field(gt=0)] | None, BeforeValidator(_none_word)]
+
+
+class _Section(BaseModel):
+    """A table of the config file; unknown keys are typos and are rejected."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class PersistenceSettings(_Section):
+    enabled: bool = True
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(default_factory=default_database_url)
+    synchronous: SynchronousLevel = "FULL"
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+    auto_upgrade: bool = True  # opening the store migrates it to head
+    commit_batch_max: int = Field(default=2000, ge=1)  # operations per group commit
+    commit_max_wait_ms: float = Field(default=0.0, ge=0)  # wait to gather more work
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _normalize_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+class LogsSettings(_Section):
+    batch_bytes: int = Field(default=1_048_576, ge=1)
+    flush_interval: float = Field(default=0.2, gt=0)  # seconds
+    memory_cap_bytes: int = Field(default=16_777_216, ge=65_536)
+
+
+class RetentionSettings(_Section):
+    max_age_days: OptionalPositiveFloat = 30.0
+    max_bytes_per_task: OptionalPositiveInt = None
+    max_total_bytes: OptionalPositiveInt = None
+    keep_last: int = Field(default=100, ge=0)
+
+
+class RecoverySettings(_Section):
+    on_startup: bool = True
+    missing_process: MissingProcessMode = "interrupt"
+    max_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("missing_process", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
+class RetrySettings(_Section):
+    attempts: int = Field(default=3, ge=1)
+    initial_backoff: float = Field(default=0.5, ge=0)  # seconds
+    max_backoff: float = Field(default=30.0, ge=0)  # seconds
+    multiplier: float = Field(default=2.0, ge=1)
+    jitter: float = Field(default=0.5, ge=0)  # seconds
+
+
+class WorkflowsSettings(_Section):
+    modules: StrList = Field(default_factory=list)  # imported to register workflows
+
+
+# Set by load_settings while it validates the layers it has already read and merged.
+_PRELOADED: ContextVar[Mapping[str, Any] | None] = ContextVar("_PRELOADED", default=None)
+
+
+class _PreloadedSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = dict(data)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class OneshotSettings(BaseSettings):
+    """Every setting of Oneshot. Read it with :func:`config.load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ONESHOT_",
+        env_nested_delimiter="__",
+        env_ignore_empty=True,
+        extra="forbid",
+        allow_inf_nan=False,
+    )
+
+    persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    logs: LogsSettings = Field(default_factory=LogsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
+    concurrency: int = Field(default=4, ge=1)
+    idle_threshold: float = Field(default=60.0, gt=0)  # seconds of silence before IDLE
+    secret_patterns: StrList = Field(default_factory=lambda: list(DEFAULT_SECRET_PATTERNS))
+
+    _config_file: Path | None = PrivateAttr(default=None)
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The TOML file these settings were read from, if any."""
+        return self._config_file
+
+    @property
+    def sources(self) -> Mapping[str, str]:
+        """Where each non-default leaf came from, by dotted key (``"env ONESHOT_X__Y"``, ...).
+
+        Recorded by :func:`config.load_settings`; empty for directly constructed settings.
+        """
+        return MappingProxyType(self._sources)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if _PRELOADED.get() is None:
+            self._config_file = find_config_file()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        preloaded = _PRELOADED.get()
+        if preloaded is not None:
+            return (init_settings, _PreloadedSource(settings_cls, preloaded))
+        path = find_config_file()
+        if path is None:
+            return (init_settings, env_settings)
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path))
+
+    @classmethod
+    def _from_merged(
+        cls, data: Mapping[str, Any], *, config_file: Path | None, sources: Mapping[str, str]
+    ) -> OneshotSettings:
+        """Validate values already read from every source (used by load_settings)."""
+        token = _PRELOADED.set(data)
+        try:
+            settings = cls()
+        finally:
+            _PRELOADED.reset(token)
+        settings._config_file = config_file
+        settings._sources = dict(sources)
+        return settings
+
+
+def find_config_file(config_file: str | os.PathLike[str] | None = None) -> Path | None:
+    """The TOML file to read: the argument, else $ONESHOT_CONFIG, else ./oneshot.toml, else the
+    user config directory's oneshot.toml, else None. A named file that does not exist is an error.
+    """
+    if config_file is not None:
+        return _existing(Path(config_file), key=None)
+    named = os.environ.get(CONFIG_ENV_VAR, "")
+    if named:
+        return _existing(Path(named), key=CONFIG_ENV_VAR)
+    for candidate in (
+        Path.cwd() / CONFIG_FILE_NAME,
+        Path(platformdirs.user_config_dir(APP_NAME)) / CONFIG_FILE_NAME,
+    ):
+        if candidate.is_file():
+            return candidate.absolute()
+    return None
+
+
+def _existing(path: Path, *, key: str | None) -> Path:
+    """``path`` made absolute; ``key`` names where it came from (None: the path itself)."""
+    path = path.expanduser().absolute()
+    if not path.is_file():
+        problem = "no such config file" if not path.exists() else "the config path is not a file"
+        if key is None:
+            raise ConfigError(str(path), problem)
+        raise ConfigError(key, f"{problem}: {path}")
+    return path

@@ -1,0 +1,141 @@
+"""The one place that opens database connections and sets every SQLite pragma.
+
+Both the SQLAlchemy async engine (reads, migrations) and the raw writer connection are opened
+here, so they agree on WAL, foreign keys, busy timeout and the synchronous level.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from durable.exceptions import DatabaseUnavailable
+
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """How to reach the database; built from settings by the caller."""
+
+    url: str
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 5000
+
+    @property
+    def sa_url(self) -> URL:
+        return make_url(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.sa_url.get_backend_name() == "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file, or None for a server database."""
+        if not self.is_sqlite:
+            return None
+        database = self.sa_url.database
+        if not database or database == ":memory:":
+            raise DatabaseUnavailable(self.url, "an in-memory SQLite database cannot be shared")
+        return Path(database)
+
+
+def sqlite_pragmas(options: ConnectionOptions) -> list[str]:
+    """The pragmas every Oneshot SQLite connection runs with, in order."""
+    if options.synchronous not in SYNCHRONOUS_LEVELS:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}")
+    return [
+        f"PRAGMA busy_timeout = {int(options.busy_timeout_ms)}",
+        "PRAGMA journal_mode = WAL",
+        f"PRAGMA synchronous = {options.synchronous}",
+        "PRAGMA foreign_keys = ON",
+    ]
+
+
+def apply_sqlite_pragmas(conn: Any, options: ConnectionOptions) -> None:
+    """Run :func:`sqlite_pragmas` on a DB-API connection (sqlite3 or the aiosqlite adapter)."""
+    cursor = conn.cursor()
+    try:
+        for pragma in sqlite_pragmas(options):
+            cursor.execute(pragma)
+            if "journal_mode" in pragma:
+                mode = str(cursor.fetchone()[0]).lower()
+                if mode != "wal":
+                    raise DatabaseUnavailable(options.url, f"cannot switch to WAL ({mode})")
+    finally:
+        cursor.close()
+
+
+def prepare_sqlite_file(options: ConnectionOptions) -> Path:
+    """Make sure the database's directory exists and is writable; return the file path.
+
+    New directories are created owner-only (0700): task output may hold secrets.
+    """
+    path = options.sqlite_path
+    assert path is not None
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise DatabaseUnavailable(options.url, f"cannot create directory {directory}: "
+                                  f"{exc.strerror}") from exc
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DatabaseUnavailable(options.url, f"{path} is not readable and writable")
+    elif not os.access(directory, os.W_OK | os.X_OK):
+        raise DatabaseUnavailable(options.url, f"directory {directory} is not writable")
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+    return path
+
+
+def connect_sqlite(options: ConnectionOptions) -> sqlite3.Connection:
+    """A raw sqlite3 connection in autocommit mode (transactions are explicit)."""
+    path = prepare_sqlite_file(options)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        apply_sqlite_pragmas(conn, options)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnavailable(options.url, str(exc)) from exc
+    return conn
+
+
+def create_engine(options: ConnectionOptions) -> AsyncEngine:
+    """The SQLAlchemy async engine (aiosqlite or asyncpg) with Oneshot's connection setup."""
+    kwargs: dict[str, Any] = {}
+    if options.is_sqlite:
+        prepare_sqlite_file(options)
+        # aiosqlite runs each connection in its own thread; a small pool of readers is
+        # plenty, and WAL lets them read while the writer commits.
+        kwargs["pool_size"] = 4
+        kwargs["max_overflow"] = 4
+    engine = create_async_engine(options.url, **kwargs)
+    if options.is_sqlite:
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # The aiosqlite adapter exposes a sync-looking cursor API; autocommit while
+            # setting pragmas (journal_mode cannot change inside a transaction).
+            saved = dbapi_conn.isolation_level
+            dbapi_conn.isolation_level = None
+            try:
+                apply_sqlite_pragmas(dbapi_conn, options)
+            finally:
+                dbapi_conn.isolation_level = saved
+
+    return engine
+
+
+def create_null_pool_engine(options: ConnectionOptions) -> AsyncEngine:
+    """An engine without pooling, for one-shot tools (migrations, checks)."""
+    return create_async_engine(options.url, poolclass=NullPool)

@@ -1,0 +1,132 @@
+"""An in-memory store with the same contract as the SQL one, for ``--no-persist``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from durable.exceptions import StateConflict, StoreError, TaskNotFound
+from durable.records import (
+    TASK_UPDATABLE_FIELDS,
+    LogFragment,
+    NewTask,
+    Stream,
+    TaskRecord,
+    Transition,
+)
+from durable.states import TaskState
+from durable.store import is_valid_id_prefix, resolve_prefix
+
+
+class MemoryStore:
+    """Keeps everything in dictionaries; lost when the process ends. Implements ``Store``."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskRecord] = {}
+        self._history: dict[str, list[Transition]] = {}
+        self._logs: dict[str, list[LogFragment]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create_task(
+        self, task: NewTask, *, reason: str | None = None, worker: str | None = None
+    ) -> TaskRecord:
+        if task.id in self._tasks:
+            raise StoreError(f"task {task.id} already exists")
+        now = time.time()
+        record = TaskRecord(
+            id=task.id, kind=task.kind, name=task.name, state=TaskState.CREATED,
+            created_at=now, updated_at=now, argv=task.argv, cwd=task.cwd,
+            workflow=task.workflow, input=task.input, queue=task.queue,
+        )
+        self._tasks[task.id] = record
+        self._history[task.id] = [
+            Transition(task.id, None, TaskState.CREATED, now, reason, worker, record.attempt)
+        ]
+        self._logs[task.id] = []
+        return record
+
+    async def transition(
+        self,
+        task_id: str,
+        from_state: TaskState,
+        to_state: TaskState,
+        *,
+        reason: str | None = None,
+        worker: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Transition:
+        fields = dict(fields or {})
+        unknown = set(fields) - TASK_UPDATABLE_FIELDS
+        if unknown:
+            raise StoreError(f"cannot set {sorted(unknown)} with a transition")
+        current = self._tasks.get(task_id)
+        if current is None or current.state != from_state:
+            raise StateConflict(task_id, from_state, current.state if current else None)
+        now = time.time()
+        updated = replace(current, state=to_state, updated_at=now, **fields)
+        self._tasks[task_id] = updated
+        row = Transition(task_id, from_state, to_state, now, reason, worker, updated.attempt)
+        self._history[task_id].append(row)
+        return row
+
+    async def append_logs(self, fragments: Sequence[LogFragment]) -> None:
+        for fragment in fragments:
+            if fragment.task_id not in self._tasks:
+                raise StoreError(f"log fragment for unknown task {fragment.task_id}")
+        for fragment in fragments:
+            self._logs[fragment.task_id].append(fragment)
+
+    async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
+        for record in sorted(self._tasks.values(), key=lambda r: r.created_at):
+            if record.state == TaskState.CREATED and record.owner is None and (
+                record.queue == queue
+            ):
+                claimed = replace(record, owner=worker, updated_at=time.time())
+                self._tasks[record.id] = claimed
+                return claimed
+        return None
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        if not is_valid_id_prefix(task_id):
+            raise TaskNotFound(task_id)
+        matches = [tid for tid in self._tasks if tid.startswith(task_id)][:2]
+        return self._tasks[resolve_prefix(task_id, matches)]
+
+    async def list_tasks(
+        self, *, states: Collection[TaskState] | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        rows = [r for r in self._tasks.values() if states is None or r.state in states]
+        rows.sort(key=lambda r: r.created_at, reverse=True)
+        return rows[:limit] if limit is not None else rows
+
+    async def history(self, task_id: str) -> list[Transition]:
+        return list(self._history.get(task_id, []))
+
+    async def read_logs(
+        self,
+        task_id: str,
+        *,
+        streams: Collection[Stream] | None = None,
+        after_seq: int = -1,
+        limit: int | None = None,
+        tail: int | None = None,
+    ) -> list[LogFragment]:
+        rows = [
+            f for f in self._logs.get(task_id, [])
+            if f.seq > after_seq and (streams is None or f.stream in streams)
+        ]
+        rows.sort(key=lambda f: f.seq)
+        if tail is not None:
+            return rows[-tail:] if tail else []
+        return rows[:limit] if limit is not None else rows
+
+    async def log_size(self, task_id: str) -> tuple[int, int]:
+        rows = self._logs.get(task_id, [])
+        return len(rows), sum(len(f.data) for f in rows)

@@ -1,0 +1,123 @@
+"""Immutable records exchanged between the store and its callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from durable.states import TaskState
+
+
+class Stream(IntEnum):
+    """Which output stream a log fragment came from (stored as this small integer)."""
+
+    STDOUT = 1
+    STDERR = 2
+
+    @classmethod
+    def parse(cls, name: str) -> Stream:
+        return cls[name.upper()]
+
+
+class TaskKind:
+    COMMAND = "command"
+    WORKFLOW = "workflow"
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """What a caller supplies to create a task; the store assigns nothing but timestamps."""
+
+    id: str
+    kind: str
+    name: str | None = None
+    argv: list[str] | None = None
+    cwd: str | None = None
+    workflow: str | None = None
+    input: str | None = None
+    queue: str = "default"
+    owner: str | None = None
+    """The worker running it; None leaves it in the queue for any worker to claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One row of ``tasks``: the current state of a task and its outcome."""
+
+    id: str
+    kind: str
+    name: str | None
+    state: TaskState
+    created_at: float
+    updated_at: float
+    argv: list[str] | None = None
+    cwd: str | None = None
+    workflow: str | None = None
+    input: str | None = None
+    queue: str = "default"
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    result: str | None = None
+    error: str | None = None
+    attempt: int = 1
+    owner: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The stable field names of ``ls --json`` / ``show --json``."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state.value,
+            "exit_code": self.exit_code,
+            "attempt": self.attempt,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "argv": self.argv,
+            "workflow": self.workflow,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One row of ``task_states``: a committed state change."""
+
+    task_id: str
+    from_state: TaskState | None
+    to_state: TaskState
+    at: float
+    reason: str | None = None
+    worker: str | None = None
+    attempt: int = 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "from_state": self.from_state.value if self.from_state else None,
+            "to_state": self.to_state.value,
+            "at": self.at,
+            "reason": self.reason,
+            "worker": self.worker,
+            "attempt": self.attempt,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LogFragment:
+    """A chunk of raw output bytes; ``seq`` orders fragments of one task across both streams."""
+
+    task_id: str
+    stream: Stream
+    seq: int
+    at: float
+    data: bytes = field(repr=False)
+
+
+TASK_UPDATABLE_FIELDS = frozenset(
+    {"started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner"}
+)
+"""Columns of ``tasks`` a transition may set together with the new state."""

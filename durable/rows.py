@@ -1,0 +1,66 @@
+"""Conversion between database rows and records, shared by the read and write paths."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from durable.records import LogFragment, Stream, TaskRecord, Transition
+from durable.states import TaskState
+
+TASK_COLUMNS = (
+    "id", "name", "kind", "argv", "cwd", "workflow", "input", "queue", "state", "created_at",
+    "updated_at", "started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner",
+)
+
+
+def encode_argv(argv: list[str] | None) -> str | None:
+    return None if argv is None else json.dumps(argv)
+
+
+def task_from_row(row: Mapping[str, Any]) -> TaskRecord:
+    argv = row["argv"]
+    return TaskRecord(
+        id=row["id"],
+        kind=row["kind"],
+        name=row["name"],
+        state=TaskState(row["state"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        argv=None if argv is None else json.loads(argv),
+        cwd=row["cwd"],
+        workflow=row["workflow"],
+        input=row["input"],
+        queue=row["queue"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        exit_code=row["exit_code"],
+        result=row["result"],
+        error=row["error"],
+        attempt=row["attempt"],
+        owner=row["owner"],
+    )
+
+
+def transition_from_row(row: Mapping[str, Any]) -> Transition:
+    from_state = row["from_state"]
+    return Transition(
+        task_id=row["task_id"],
+        from_state=None if from_state is None else TaskState(from_state),
+        to_state=TaskState(row["to_state"]),
+        at=row["at"],
+        reason=row["reason"],
+        worker=row["worker"],
+        attempt=row["attempt"],
+    )
+
+
+def fragment_from_row(row: Mapping[str, Any]) -> LogFragment:
+    return LogFragment(
+        task_id=row["task_id"],
+        stream=Stream(row["stream"]),
+        seq=row["seq"],
+        at=row["at"],
+        data=bytes(row["data"]),
+    )

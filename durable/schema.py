@@ -1,0 +1,109 @@
+"""The database schema as SQLAlchemy Core metadata: the single source of truth.
+
+Alembic's revisions create exactly this schema (a migration test compares them). Times are
+stored as float seconds since the epoch: portable across SQLite and PostgreSQL, cheap to index,
+and written identically by the SQLAlchemy read path and the raw writer.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    }
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", Text),
+    Column("kind", String(16), nullable=False),
+    Column("argv", Text),  # JSON list of strings
+    Column("cwd", Text),
+    Column("workflow", Text),
+    Column("input", Text),  # JSON
+    Column("queue", String(64), nullable=False, server_default="default"),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("exit_code", Integer),
+    Column("result", Text),  # JSON
+    Column("error", Text),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Column("owner", String(128)),
+    Index(None, "state", "created_at"),
+    Index(None, "created_at"),
+)
+
+task_states = Table(
+    "task_states",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "task_id",
+        String(32),
+        ForeignKey("tasks.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("reason", Text),
+    Column("worker", String(128)),
+    Column("attempt", Integer, nullable=False, server_default="1"),
+    Index(None, "task_id", "at"),
+)
+
+log_fragments = Table(
+    "log_fragments",
+    metadata,
+    Column(
+        "task_id",
+        String(32),
+        ForeignKey("tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("stream", SmallInteger, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index(None, "at"),
+)
+
+step_checkpoints = Table(
+    "step_checkpoints",
+    metadata,
+    Column(
+        "task_id",
+        String(32),
+        ForeignKey("tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", Text),  # JSON
+    Column("error", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+)

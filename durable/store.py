@@ -1,0 +1,99 @@
+"""The storage contract every backend implements, documented once here.
+
+Two implementations: :class:`durable.persistence.PersistenceManager` (SQLite, through SQLAlchemy
+for reads and migrations and a group-commit writer for writes) and
+:class:`durable.memory.MemoryStore` (``--no-persist``: nothing touches disk). The same contract
+tests run against both.
+
+Write methods return only after the change is committed (write-ahead): a caller may act on the
+new state as soon as the call returns, and never before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from durable.exceptions import TaskNotFound
+from durable.records import LogFragment, NewTask, Stream, TaskRecord, Transition
+from durable.states import TaskState
+
+
+class Store(Protocol):
+    async def open(self) -> None:
+        """Connect (and migrate, if configured); idempotent."""
+
+    async def close(self) -> None:
+        """Commit what is queued, then release every connection."""
+
+    async def create_task(
+        self, task: NewTask, *, reason: str | None = None, worker: str | None = None
+    ) -> TaskRecord:
+        """Insert the task in state CREATED together with its first history row."""
+
+    async def transition(
+        self,
+        task_id: str,
+        from_state: TaskState,
+        to_state: TaskState,
+        *,
+        reason: str | None = None,
+        worker: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Transition:
+        """Move a task from ``from_state`` to ``to_state`` in one transaction.
+
+        Writes the history row and the current state (plus ``fields``, a subset of
+        :data:`durable.records.TASK_UPDATABLE_FIELDS`) only if the task is still in
+        ``from_state``; otherwise raises :class:`durable.exceptions.StateConflict` and writes
+        nothing. Legality of the move is the state machine's business, not the store's.
+        """
+
+    async def append_logs(self, fragments: Sequence[LogFragment]) -> None:
+        """Store output fragments; ``(task_id, seq)`` must be new."""
+
+    async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
+        """Atomically take the oldest unowned CREATED task of ``queue`` for ``worker``."""
+
+    async def get_task(self, task_id: str) -> TaskRecord:
+        """One task by id or unique id prefix; raises :class:`TaskNotFound`."""
+
+    async def list_tasks(
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        limit: int | None = None,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only those in ``states``."""
+
+    async def history(self, task_id: str) -> list[Transition]:
+        """Every transition of one task in the order they were committed."""
+
+    async def read_logs(
+        self,
+        task_id: str,
+        *,
+        streams: Collection[Stream] | None = None,
+        after_seq: int = -1,
+        limit: int | None = None,
+        tail: int | None = None,
+    ) -> list[LogFragment]:
+        """Fragments in ``seq`` order: those after ``after_seq`` (at most ``limit``), or the
+        last ``tail`` ones."""
+
+    async def log_size(self, task_id: str) -> tuple[int, int]:
+        """(number of fragments, total bytes) stored for one task."""
+
+
+def resolve_prefix(task_id: str, candidates: Sequence[str]) -> str:
+    """Pick the single id ``task_id`` names among ids starting with it."""
+    if not candidates:
+        raise TaskNotFound(task_id)
+    if len(candidates) > 1 and task_id not in candidates:
+        raise TaskNotFound(task_id, "ambiguous task id prefix")
+    return task_id if task_id in candidates else candidates[0]
+
+
+def is_valid_id_prefix(task_id: str) -> bool:
+    """Task ids are lowercase hex; anything else cannot name a task (and is never put in SQL)."""
+    return 0 < len(task_id) <= 32 and all(c in "0123456789abcdef" for c in task_id)

@@ -1,0 +1,121 @@
+"""How the CLI shows tasks: rich tables and timelines, and the JSON of ``--json``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from durable.records import TaskRecord, Transition
+from durable.states import TaskState
+from orchestrator.task import describe_exit
+
+STATE_STYLES = {
+    TaskState.CREATED: "cyan",
+    TaskState.RUNNING: "bold blue",
+    TaskState.IDLE: "yellow",
+    TaskState.RECOVERING: "magenta",
+    TaskState.COMPLETED: "green",
+    TaskState.FAILED: "bold red",
+    TaskState.INTERRUPTED: "red",
+}
+
+
+def when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def task_runtime(task: TaskRecord) -> float | None:
+    if task.started_at is None:
+        return None
+    return (task.finished_at or task.updated_at) - task.started_at
+
+
+def command_line(task: TaskRecord) -> str:
+    if task.argv is not None:
+        return shlex.join(task.argv)
+    return task.workflow or ""
+
+
+def exit_text(task: TaskRecord) -> str:
+    return "-" if task.exit_code is None else describe_exit(task.exit_code)
+
+
+def state_text(state: TaskState) -> Text:
+    return Text(state.value, style=STATE_STYLES[state])
+
+
+def tasks_table(rows: Sequence[TaskRecord]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "NAME", "STATE", "EXIT", "CREATED", "RUNTIME", "COMMAND"):
+        table.add_column(column, no_wrap=column != "COMMAND", overflow="ellipsis")
+    for task in rows:
+        table.add_row(
+            task.id[:12], task.name or "", state_text(task.state), exit_text(task),
+            when(task.created_at), duration(task_runtime(task)), command_line(task),
+        )
+    return table
+
+
+def show_task(console: Console, task: TaskRecord, history: Sequence[Transition],
+              log_size: tuple[int, int]) -> None:
+    fields = Table.grid(padding=(0, 2))
+    fields.add_column(style="bold")
+    fields.add_column()
+    fields.add_row("id", task.id)
+    fields.add_row("name", task.name or "-")
+    fields.add_row("kind", task.kind)
+    fields.add_row("command", command_line(task))
+    fields.add_row("cwd", task.cwd or "-")
+    fields.add_row("state", state_text(task.state))
+    fields.add_row("exit", exit_text(task))
+    if task.error:
+        fields.add_row("error", task.error)
+    fields.add_row("attempt", str(task.attempt))
+    fields.add_row("created", when(task.created_at))
+    fields.add_row("runtime", duration(task_runtime(task)))
+    fields.add_row("output", f"{log_size[1]} bytes in {log_size[0]} fragments")
+    console.print(fields)
+    console.print()
+    console.print(timeline_table(history))
+
+
+def timeline_table(history: Sequence[Transition]) -> Table:
+    table = Table(title="timeline", title_justify="left", box=None, header_style="bold")
+    for column in ("AT", "+", "FROM", "TO", "REASON"):
+        table.add_column(column)
+    start = history[0].at if history else 0.0
+    for row in history:
+        table.add_row(
+            when(row.at) + f".{int(row.at * 1000) % 1000:03d}", duration(row.at - start),
+            row.from_state.value if row.from_state else "", state_text(row.to_state),
+            row.reason or "",
+        )
+    return table
+
+
+def task_json(task: TaskRecord, history: Sequence[Transition] | None = None) -> dict[str, Any]:
+    data = task.as_json()
+    if history is not None:
+        data["transitions"] = [row.as_json() for row in history]
+        data["steps"] = []
+    return data
