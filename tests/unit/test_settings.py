@@ -469,12 +469,10 @@ _ENV_TEXT = st.one_of(
 
 
 # The function-scoped fixtures here only isolate env and cwd; each example sets its own variable
-# inside a MonkeyPatch context, so sharing them across examples is safe. No example database:
-# the suite leaves no .hypothesis directory behind.
+# inside a MonkeyPatch context, so sharing them across examples is safe.
 @settings(
     max_examples=100,
     deadline=None,
-    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
