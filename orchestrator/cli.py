@@ -23,9 +23,9 @@ from rich.table import Table
 from config import ConfigError, OneshotSettings, describe_settings, load_settings
 from durable import migrate
 from durable.engine import ConnectionOptions, create_null_pool_engine
-from durable.exceptions import OneshotError
+from durable.exceptions import OneshotError, TaskNotFound
 from durable.persistence import store_from_settings
-from durable.records import NewTask, Stream, TaskKind
+from durable.records import NewTask, Stream, TaskKind, TaskRecord
 from durable.states import TaskState
 from durable.store import Store
 from orchestrator import logview, render
@@ -95,6 +95,16 @@ async def _open_store(settings: OneshotSettings) -> Store:
     store = store_from_settings(settings)
     await store.open()
     return store
+
+
+async def _find_task(store: Store, task_id: str) -> TaskRecord:
+    """A task by id, unique id prefix, or ``last`` (the newest task)."""
+    if task_id == "last":
+        newest = await store.list_tasks(limit=1)
+        if not newest:
+            raise TaskNotFound(task_id, "no tasks yet")
+        return newest[0]
+    return await store.get_task(task_id)
 
 
 def _tee(stream: Stream, data: bytes) -> None:
@@ -186,7 +196,7 @@ async def list_tasks(obj: Context, states: tuple[str, ...], limit: int, as_json:
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a timeline.")
 @pass_context
 @async_command
@@ -194,7 +204,7 @@ async def show(obj: Context, task_id: str, as_json: bool) -> None:
     """Show a task: details, timeline of transitions, exit."""
     store = await _open_store(obj.settings())
     try:
-        task = await store.get_task(task_id)
+        task = await _find_task(store, task_id)
         history = await store.history(task.id)
         size = await store.log_size(task.id)
     finally:
@@ -209,7 +219,7 @@ STREAM_CHOICE = click.Choice(["stdout", "stderr", "all"], case_sensitive=False)
 
 
 @cli.command()
-@click.argument("task_id")
+@click.argument("task_id", metavar="ID")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the task ends.")
 @click.option("--stream", type=STREAM_CHOICE, default="all", show_default=True)
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
@@ -230,7 +240,7 @@ async def logs(obj: Context, task_id: str, follow: bool, stream: str, tail: int 
         out.write(data.decode("utf-8", errors="backslashreplace"))
 
     try:
-        task = await store.get_task(task_id)
+        task = await _find_task(store, task_id)
         after = -1
         if tail is not None:
             after, pieces = await logview.tail(store, task.id, streams, tail)
