@@ -138,4 +138,7 @@ def create_engine(options: ConnectionOptions) -> AsyncEngine:
 
 def create_null_pool_engine(options: ConnectionOptions) -> AsyncEngine:
     """An engine without pooling, for one-shot tools (migrations, checks)."""
+    if options.is_sqlite:
+        # An unusable path is reported as DatabaseUnavailable naming it, not a driver error.
+        prepare_sqlite_file(options)
     return create_async_engine(options.url, poolclass=NullPool)

@@ -65,3 +65,56 @@ class CommandNotFound(OneshotError):
         super().__init__(f"{program}: {problem}")
         self.program = program
         self.problem = problem
+
+
+class SerializationError(OneshotError):
+    """A value cannot be stored as JSON; nothing was committed."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        super().__init__(f"cannot serialize {what}: {problem}")
+        self.what = what
+        self.problem = problem
+
+
+class NonDeterminismError(OneshotError):
+    """On replay, a workflow called a different step than the one recorded at this sequence."""
+
+    def __init__(self, task_id: str, seq: int, recorded: str, called: str) -> None:
+        super().__init__(
+            f"workflow task {task_id} is not deterministic: step {seq} was {recorded!r} when it "
+            f"ran, but the code now calls {called!r} there"
+        )
+        self.task_id = task_id
+        self.seq = seq
+        self.recorded = recorded
+        self.called = called
+
+
+class StepFailed(OneshotError):
+    """A step failed earlier and its error cannot be rebuilt as the original exception type."""
+
+    def __init__(self, name: str, seq: int, error_type: str, message: str) -> None:
+        super().__init__(f"step {seq} {name!r} failed: {error_type}: {message}")
+        self.name = name
+        self.seq = seq
+        self.error_type = error_type
+        self.message = message
+
+
+class WorkflowFailed(OneshotError):
+    """A workflow ended FAILED or INTERRUPTED; ``error`` is what was recorded."""
+
+    def __init__(self, task_id: str, state: str, error: str | None) -> None:
+        super().__init__(f"workflow task {task_id} {state}: {error or 'no error recorded'}")
+        self.task_id = task_id
+        self.state = state
+        self.error = error
+
+
+class WorkflowNotRegistered(OneshotError):
+    """No workflow of this name is registered in this process (was its module imported?)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"workflow {name!r} is not registered (import its module: "
+                         "ONESHOT_WORKFLOWS__MODULES or --import)")
+        self.name = name

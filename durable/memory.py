@@ -12,6 +12,7 @@ from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
     NewTask,
+    StepCheckpoint,
     Stream,
     TaskRecord,
     Transition,
@@ -27,6 +28,8 @@ class MemoryStore:
         self._tasks: dict[str, TaskRecord] = {}
         self._history: dict[str, list[Transition]] = {}
         self._logs: dict[str, list[LogFragment]] = {}
+        self._seqs: dict[str, set[int]] = {}
+        self._steps: dict[str, dict[int, StepCheckpoint]] = {}
 
     async def open(self) -> None:
         return None
@@ -43,13 +46,14 @@ class MemoryStore:
         record = TaskRecord(
             id=task.id, kind=task.kind, name=task.name, state=TaskState.CREATED,
             created_at=now, updated_at=now, argv=task.argv, cwd=task.cwd,
-            workflow=task.workflow, input=task.input, queue=task.queue,
+            workflow=task.workflow, input=task.input, queue=task.queue, owner=task.owner,
         )
         self._tasks[task.id] = record
         self._history[task.id] = [
             Transition(task.id, None, TaskState.CREATED, now, reason, worker, record.attempt)
         ]
         self._logs[task.id] = []
+        self._seqs[task.id] = set()
         return record
 
     async def transition(
@@ -80,8 +84,12 @@ class MemoryStore:
         for fragment in fragments:
             if fragment.task_id not in self._tasks:
                 raise StoreError(f"log fragment for unknown task {fragment.task_id}")
+        keys = {(f.task_id, f.seq) for f in fragments}
+        if len(keys) < len(fragments) or any(seq in self._seqs[tid] for tid, seq in keys):
+            raise StoreError("log fragment with a (task_id, seq) already stored")
         for fragment in fragments:
             self._logs[fragment.task_id].append(fragment)
+            self._seqs[fragment.task_id].add(fragment.seq)
 
     async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
         for record in sorted(self._tasks.values(), key=lambda r: r.created_at):
@@ -130,3 +138,12 @@ class MemoryStore:
     async def log_size(self, task_id: str) -> tuple[int, int]:
         rows = self._logs.get(task_id, [])
         return len(rows), sum(len(f.data) for f in rows)
+
+    async def save_step(self, checkpoint: StepCheckpoint) -> None:
+        if checkpoint.task_id not in self._tasks:
+            raise StoreError(f"step checkpoint for unknown task {checkpoint.task_id}")
+        self._steps.setdefault(checkpoint.task_id, {})[checkpoint.seq] = checkpoint
+
+    async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
+        steps = self._steps.get(task_id, {})
+        return [steps[seq] for seq in sorted(steps)]

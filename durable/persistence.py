@@ -23,14 +23,22 @@ from durable import migrate
 from durable.engine import ConnectionOptions, connect_sqlite, create_engine
 from durable.exceptions import DatabaseUnavailable, StoreError, TaskNotFound
 from durable.memory import MemoryStore
-from durable.records import LogFragment, NewTask, Stream, TaskRecord, Transition
-from durable.rows import fragment_from_row, task_from_row, transition_from_row
-from durable.schema import log_fragments, task_states, tasks
+from durable.records import (
+    LogFragment,
+    NewTask,
+    StepCheckpoint,
+    Stream,
+    TaskRecord,
+    Transition,
+)
+from durable.rows import fragment_from_row, step_from_row, task_from_row, transition_from_row
+from durable.schema import log_fragments, step_checkpoints, task_states, tasks
 from durable.sqlite_writes import (
     AppendLogs,
     ClaimTask,
     CreateTask,
     MoveTask,
+    SaveStep,
     WriteOp,
     apply_batch,
 )
@@ -155,6 +163,9 @@ class PersistenceManager:
         record: TaskRecord | None = await self.writer.submit(ClaimTask(worker, queue))
         return record
 
+    async def save_step(self, checkpoint: StepCheckpoint) -> None:
+        await self.writer.submit(SaveStep(checkpoint))
+
     # -- reads ----------------------------------------------------------------------------
 
     async def _fetch(self, statement: Any) -> list[Mapping[str, Any]]:
@@ -215,6 +226,14 @@ class PersistenceManager:
         async with self.engine.connect() as conn:
             count, total = (await conn.execute(statement)).one()
         return int(count), int(total)
+
+    async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
+        statement = (
+            select(step_checkpoints)
+            .where(step_checkpoints.c.task_id == task_id)
+            .order_by(step_checkpoints.c.seq)
+        )
+        return [step_from_row(row) for row in await self._fetch(statement)]
 
 
 def store_from_settings(settings: OneshotSettings) -> Store:

@@ -117,6 +117,41 @@ class LogFragment:
     data: bytes = field(repr=False)
 
 
+class StepStatus:
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class StepCheckpoint:
+    """One row of ``step_checkpoints``: the outcome of a workflow step, written once it ended.
+
+    ``result`` is the JSON of the return value; ``error`` the JSON of the exception
+    (``{"type": ..., "module": ..., "message": ...}``) when ``status`` is failed.
+    """
+
+    task_id: str
+    seq: int
+    name: str
+    status: str
+    started_at: float
+    finished_at: float
+    attempts: int = 1
+    result: str | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "name": self.name,
+            "status": self.status,
+            "attempts": self.attempts,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "error": self.error,
+        }
+
+
 TASK_UPDATABLE_FIELDS = frozenset(
     {"started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner"}
 )

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from durable.records import LogFragment, Stream, TaskRecord, Transition
+from durable.records import LogFragment, StepCheckpoint, Stream, TaskRecord, Transition
 from durable.states import TaskState
 
 TASK_COLUMNS = (
@@ -63,4 +63,18 @@ def fragment_from_row(row: Mapping[str, Any]) -> LogFragment:
         seq=row["seq"],
         at=row["at"],
         data=bytes(row["data"]),
+    )
+
+
+def step_from_row(row: Mapping[str, Any]) -> StepCheckpoint:
+    return StepCheckpoint(
+        task_id=row["task_id"],
+        seq=row["seq"],
+        name=row["name"],
+        status=row["status"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        attempts=row["attempts"],
+        result=row["result"],
+        error=row["error"],
     )

@@ -16,7 +16,14 @@ from functools import cache
 from typing import Any
 
 from durable.exceptions import StateConflict, StoreError
-from durable.records import TASK_UPDATABLE_FIELDS, LogFragment, NewTask, TaskRecord, Transition
+from durable.records import (
+    TASK_UPDATABLE_FIELDS,
+    LogFragment,
+    NewTask,
+    StepCheckpoint,
+    TaskRecord,
+    Transition,
+)
 from durable.rows import TASK_COLUMNS, encode_argv, task_from_row
 from durable.states import TaskState
 
@@ -30,6 +37,13 @@ _INSERT_HISTORY = (
 )
 _INSERT_FRAGMENT = (
     "INSERT INTO log_fragments (task_id, seq, stream, at, data) VALUES (?, ?, ?, ?, ?)"
+)
+_SAVE_STEP = (
+    "INSERT INTO step_checkpoints (task_id, seq, name, status, result, error, attempts,"
+    " started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (task_id, seq) DO UPDATE SET name = excluded.name, status = excluded.status,"
+    " result = excluded.result, error = excluded.error, attempts = excluded.attempts,"
+    " started_at = excluded.started_at, finished_at = excluded.finished_at"
 )
 _CLAIM = (
     "UPDATE tasks SET owner = ?, updated_at = ? WHERE id = ("
@@ -127,7 +141,20 @@ class ClaimTask:
         return task_from_row(dict(zip(TASK_COLUMNS, row, strict=True)))
 
 
-WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask
+@dataclass(frozen=True, slots=True)
+class SaveStep:
+    step: StepCheckpoint
+
+    def apply(self, cur: sqlite3.Cursor) -> None:
+        s = self.step
+        cur.execute(
+            _SAVE_STEP,
+            (s.task_id, s.seq, s.name, s.status, s.result, s.error, s.attempts, s.started_at,
+             s.finished_at),
+        )
+
+
+WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask | SaveStep
 
 
 def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:

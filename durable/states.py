@@ -33,7 +33,10 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.CREATED: frozenset({TaskState.RUNNING, TaskState.RECOVERING}) | _ENDINGS,
     TaskState.RUNNING: frozenset({TaskState.IDLE, TaskState.RECOVERING}) | _ENDINGS,
     TaskState.IDLE: frozenset({TaskState.RUNNING, TaskState.RECOVERING}) | _ENDINGS,
-    TaskState.RECOVERING: frozenset({TaskState.RUNNING, TaskState.CREATED}) | _ENDINGS,
+    # RECOVERING -> RECOVERING: another orchestrator takes over a recovery whose owner died.
+    TaskState.RECOVERING: frozenset(
+        {TaskState.RUNNING, TaskState.CREATED, TaskState.RECOVERING}
+    ) | _ENDINGS,
     TaskState.COMPLETED: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.INTERRUPTED: frozenset(),

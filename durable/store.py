@@ -15,7 +15,14 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from durable.exceptions import TaskNotFound
-from durable.records import LogFragment, NewTask, Stream, TaskRecord, Transition
+from durable.records import (
+    LogFragment,
+    NewTask,
+    StepCheckpoint,
+    Stream,
+    TaskRecord,
+    Transition,
+)
 from durable.states import TaskState
 
 
@@ -83,6 +90,12 @@ class Store(Protocol):
 
     async def log_size(self, task_id: str) -> tuple[int, int]:
         """(number of fragments, total bytes) stored for one task."""
+
+    async def save_step(self, checkpoint: StepCheckpoint) -> None:
+        """Store a step's outcome (replacing an earlier one at the same ``seq``)."""
+
+    async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
+        """Every checkpoint of one workflow task, in ``seq`` order."""
 
 
 def resolve_prefix(task_id: str, candidates: Sequence[str]) -> str:

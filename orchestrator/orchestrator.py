@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
 
 from config import OneshotSettings, load_settings
+from durable.context import current_runtime, default_retry_policy
+from durable.exceptions import WorkflowFailed, WorkflowNotRegistered
 from durable.persistence import store_from_settings
 from durable.records import NewTask, TaskKind, TaskRecord
+from durable.recovery import LIVE_OWNERS
+from durable.retry import RetryPolicy
+from durable.serialization import load
+from durable.states import TaskState
 from durable.store import Store
+from durable.workflow import Workflow, get_workflow
 from orchestrator.logcapture import Tee
+from orchestrator.recovery import recover_orphans
 from orchestrator.task import CaptureOptions, OneshotTask, TaskResult
+from orchestrator.workflow_task import WorkflowTask, describe_error
 
 
 def new_task_id() -> str:
@@ -28,37 +39,65 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class Runner(Protocol):
+    """What a handle drives: :class:`OneshotTask` or :class:`WorkflowTask`."""
+
+    interrupt_reason: str
+
+    async def run(self) -> TaskResult: ...
+
+    async def settle_interrupted(self, exit_code: int | None = None) -> TaskResult: ...
+
+
 @dataclass(eq=False)
 class TaskHandle:
     """A started task: its id, and its result once it ends."""
 
     id: str
-    _task: OneshotTask
+    _runner: Runner
     _done: anyio.Event = field(default_factory=anyio.Event)
     _result: TaskResult | None = None
     _cancel_scope: anyio.CancelScope | None = None
 
-    async def result(self) -> TaskResult:
+    async def outcome(self) -> TaskResult:
+        """The task's final state, exit code, error and (for workflows) result JSON."""
         await self._done.wait()
         assert self._result is not None
         return self._result
+
+    async def result(self) -> Any:
+        return await self.outcome()
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
 
     def cancel(self, reason: str = "cancelled") -> None:
-        self._task.interrupt_reason = reason
+        self._runner.interrupt_reason = reason
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
+
+
+@dataclass(eq=False)
+class WorkflowHandle(TaskHandle):
+    """A started workflow; :meth:`result` is its return value (or raises WorkflowFailed)."""
+
+    result_type: Any = Any
+
+    async def result(self) -> Any:
+        outcome = await self.outcome()
+        if outcome.state is not TaskState.COMPLETED:
+            raise WorkflowFailed(self.id, outcome.state.value, describe_error(outcome.error))
+        return load(outcome.result or "null", self.result_type)
 
 
 class AsyncOrchestrator:
     """Opens the store, runs tasks under a capacity limit, and shuts down cleanly.
 
     ``async with AsyncOrchestrator() as orch:`` reads settings (env, file), opens and migrates
-    the store. Leaving the block waits for the tasks started in it; an exception or
-    :meth:`shutdown` interrupts them instead, each recorded as INTERRUPTED with the reason.
+    the store. Inside the block, calling a ``@workflow`` runs it durably. Leaving the block
+    waits for the tasks started in it; an exception or :meth:`shutdown` interrupts them
+    instead, each recorded as INTERRUPTED with the reason.
     """
 
     def __init__(self, settings: OneshotSettings | None = None, *, store: Store | None = None,
@@ -73,24 +112,32 @@ class AsyncOrchestrator:
             memory_cap=self.settings.logs.memory_cap_bytes,
             idle_threshold=self.settings.idle_threshold,
         )
+        self.default_retry = RetryPolicy.from_settings(self.settings.retry)
         self._handles: dict[str, TaskHandle] = {}
         self._group: TaskGroup | None = None
+        self._context_tokens: list[contextvars.Token[Any]] = []
 
     async def __aenter__(self) -> AsyncOrchestrator:
         await self.store.open()
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
+        LIVE_OWNERS.add(self.worker_id)
+        self._context_tokens = [current_runtime.set(self),
+                                default_retry_policy.set(self.default_retry)]
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         assert self._group is not None
+        current_runtime.reset(self._context_tokens[0])
+        default_retry_policy.reset(self._context_tokens[1])
         if exc is not None:
             self.shutdown(f"orchestrator stopped: {exc_type.__name__ if exc_type else exc}")
         try:
             return await self._group.__aexit__(exc_type, exc, tb)
         finally:
             self._group = None
+            LIVE_OWNERS.discard(self.worker_id)
             with anyio.CancelScope(shield=True):
                 await self.store.close()
 
@@ -112,21 +159,44 @@ class AsyncOrchestrator:
         task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=list(argv),
                        cwd=cwd or os.getcwd(), owner=self.worker_id)
         record = await self.store.create_task(task, reason="submitted", worker=self.worker_id)
-        return self.start(record, env=env, tee=tee)
+        return self.start_task(record, env=env, tee=tee)
 
-    async def run(self, argv: list[str], **kwargs: object) -> TaskResult:
+    async def run(self, argv: list[str], **kwargs: Any) -> TaskResult:
         """Submit a command and wait for its result."""
-        handle = await self.submit(argv, **kwargs)  # type: ignore[arg-type]
+        handle = await self.submit(argv, **kwargs)
+        return await handle.outcome()
+
+    async def start(self, wf: Workflow[Any, Any], /, *args: Any, **kwargs: Any
+                    ) -> WorkflowHandle:
+        """Start a workflow durably: its input is committed before it runs."""
+        task = NewTask(id=new_task_id(), kind=TaskKind.WORKFLOW, name=wf.name,
+                       workflow=wf.name, input=wf.codec.dump(args, kwargs, wf.name),
+                       owner=self.worker_id)
+        record = await self.store.create_task(task, reason="submitted", worker=self.worker_id)
+        handle = self.start_task(record)
+        assert isinstance(handle, WorkflowHandle)
+        return handle
+
+    async def run_workflow(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                           ) -> Any:
+        """Start a workflow and return its result (what calling it inside the block does)."""
+        handle = await self.start(fn, *args, **kwargs)
         return await handle.result()
 
-    def start(self, record: TaskRecord, *, env: Mapping[str, str] | None = None,
-              tee: Tee | None = None) -> TaskHandle:
-        """Run an already created task (e.g. one claimed from the queue)."""
+    def start_task(self, record: TaskRecord, *, env: Mapping[str, str] | None = None,
+                   tee: Tee | None = None) -> TaskHandle:
+        """Run a created (or claimed, or recovering) task in this orchestrator."""
         if self._group is None:
             raise RuntimeError("use AsyncOrchestrator inside `async with`")
-        task = OneshotTask(self.store, record, options=self.capture_options, env=env, tee=tee,
-                           worker=self.worker_id)
-        handle = TaskHandle(record.id, task)
+        handle: TaskHandle
+        if record.kind == TaskKind.WORKFLOW:
+            runner = WorkflowTask(self.store, record, default_retry=self.default_retry,
+                                  worker=self.worker_id)
+            handle = WorkflowHandle(record.id, runner, result_type=_result_type(record))
+        else:
+            handle = TaskHandle(record.id, OneshotTask(
+                self.store, record, options=self.capture_options, env=env, tee=tee,
+                worker=self.worker_id))
         self._handles[record.id] = handle
         self._group.start_soon(self._run_task, handle, name=f"task {record.id}")
         return handle
@@ -136,13 +206,17 @@ class AsyncOrchestrator:
             with anyio.CancelScope() as scope:
                 handle._cancel_scope = scope
                 async with self.limiter:
-                    handle._result = await handle._task.run()
+                    handle._result = await handle._runner.run()
             if handle._result is None:  # cancelled, perhaps before it could start
                 with anyio.CancelScope(shield=True):
-                    handle._result = await handle._task.settle_interrupted()
+                    handle._result = await handle._runner.settle_interrupted()
         finally:
             handle._done.set()
             del self._handles[handle.id]
+
+    async def recover(self) -> list[TaskHandle]:
+        """Resume what was interrupted; see :mod:`orchestrator.recovery`."""
+        return await recover_orphans(self)
 
     def cancel(self, task_id: str, reason: str = "cancelled") -> bool:
         """Interrupt a task this orchestrator runs; False if it is not running here."""
@@ -157,3 +231,10 @@ class AsyncOrchestrator:
         for handle in list(self._handles.values()):
             if not handle.done:
                 handle.cancel(reason)
+
+
+def _result_type(record: TaskRecord) -> Any:
+    try:
+        return get_workflow(record.workflow or "").result_type
+    except WorkflowNotRegistered:
+        return Any

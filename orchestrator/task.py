@@ -36,6 +36,8 @@ class TaskResult:
     state: TaskState
     exit_code: int | None
     error: str | None = None
+    result: str | None = None
+    """A workflow's return value as JSON."""
 
     @property
     def shell_exit_code(self) -> int:

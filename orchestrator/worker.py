@@ -21,7 +21,7 @@ async def run_worker(orch: AsyncOrchestrator, stop: anyio.Event, *, queue: str =
         if orch.active < orch.settings.concurrency:
             record = await orch.store.claim_next(worker=orch.worker_id, queue=queue)
             if record is not None:
-                orch.start(record)
+                orch.start_task(record)
                 started += 1
                 continue
         with anyio.move_on_after(poll_interval):

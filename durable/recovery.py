@@ -1,0 +1,46 @@
+"""Finding interrupted work: tasks left unfinished by an orchestrator that is gone.
+
+An owner id is ``host:pid:nonce``. On this host an owner is gone when its pid no longer exists,
+or when it is this very process and the owner is not one of its live orchestrators. An owner on
+another host cannot be judged from here and is left alone (leases will settle that case).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from durable.records import TaskRecord
+from durable.states import TaskState
+from durable.store import Store
+
+UNFINISHED_STATES = frozenset(
+    {TaskState.CREATED, TaskState.RUNNING, TaskState.IDLE, TaskState.RECOVERING}
+)
+
+LIVE_OWNERS: set[str] = set()
+"""Owner ids of the orchestrators open in this process."""
+
+
+def owner_is_gone(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return owner not in LIVE_OWNERS
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+async def find_orphans(store: Store) -> list[TaskRecord]:
+    """Unfinished tasks whose owner is gone, oldest first (queued, unowned tasks excluded)."""
+    rows = await store.list_tasks(states=UNFINISHED_STATES)
+    orphans = [r for r in rows if r.owner is not None and owner_is_gone(r.owner)]
+    return sorted(orphans, key=lambda r: r.created_at)

@@ -1,0 +1,134 @@
+"""``@durable``: a step whose outcome is checkpointed inside a workflow.
+
+Inside a workflow each call takes the next sequence number at call time (so steps started
+together with ``asyncio.gather`` are numbered in the order they were called). A step recorded
+as completed returns its stored result without running; one recorded as failed raises its
+stored error again; a different step name at that number raises
+:class:`NonDeterminismError`. Otherwise the step runs with its retry policy and its outcome is
+committed before the workflow goes on. Outside a workflow the function just runs, with retries.
+Sync functions run in a worker thread; either way a decorated step is awaited.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import anyio
+
+from durable.context import WorkflowContext, current_workflow, default_retry_policy
+from durable.exceptions import NonDeterminismError
+from durable.records import StepCheckpoint, StepStatus
+from durable.retry import RetryPolicy
+from durable.serialization import dump, dump_error, load, rebuild_error, return_type
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class DurableStep(Generic[P, R]):
+    def __init__(self, fn: Callable[P, Any], *, name: str | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.retry = retry
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.result_type = return_type(fn)
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        ctx = current_workflow.get()
+        if ctx is None:
+            return self._run_plain(args, kwargs)
+        return self._run_durably(ctx, ctx.next_seq(), args, kwargs)
+
+    async def _run_plain(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        _, value, error, _ = await self._attempts(self.retry or default_retry_policy.get(),
+                                                  args, kwargs)
+        if error is not None:
+            raise error
+        result: R = value
+        return result
+
+    async def _run_durably(self, ctx: WorkflowContext, seq: int, args: tuple[Any, ...],
+                           kwargs: dict[str, Any]) -> R:
+        recorded = ctx.recorded.get(seq)
+        if recorded is not None:
+            if recorded.name != self.name:
+                raise NonDeterminismError(ctx.task_id, seq, recorded.name, self.name)
+            if recorded.status == StepStatus.COMPLETED:
+                value: R = load(recorded.result or "null", self.result_type)
+                return value
+            raise rebuild_error(recorded.error or "{}", self.name, seq)
+        started = time.time()
+        attempts, value, error, last_error = await self._attempts(
+            self.retry or ctx.default_retry, args, kwargs
+        )
+        if error is None:
+            result = dump(value, self.result_type, f"the result of step {self.name!r}")
+            status, stored_error = StepStatus.COMPLETED, (
+                dump_error(last_error) if last_error is not None else None)
+        else:
+            result, status, stored_error = None, StepStatus.FAILED, dump_error(error)
+        checkpoint = StepCheckpoint(
+            task_id=ctx.task_id, seq=seq, name=self.name, status=status, started_at=started,
+            finished_at=time.time(), attempts=attempts, result=result, error=stored_error,
+        )
+        with anyio.CancelScope(shield=True):
+            await ctx.store.save_step(checkpoint)
+        if error is not None:
+            raise error
+        return value
+
+    async def _attempts(self, policy: RetryPolicy, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]
+                        ) -> tuple[int, Any, Exception | None, Exception | None]:
+        """Run with retries: (attempts, value, final error or None, last retried error)."""
+        attempts, last_error = 0, None
+        try:
+            async for attempt in policy.retrying():
+                with attempt:
+                    attempts += 1
+                    try:
+                        value = await self._invoke(args, kwargs)
+                    except Exception as exc:
+                        last_error = exc
+                        raise
+                    return attempts, value, None, last_error
+        except Exception as exc:
+            return attempts, None, exc, exc
+        raise AssertionError("tenacity stopped without an outcome")
+
+    async def _invoke(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.is_async:
+            return await self.fn(*args, **kwargs)
+        return await anyio.to_thread.run_sync(functools.partial(self.fn, *args, **kwargs))
+
+
+@overload
+def durable(fn: Callable[P, Awaitable[R]], /) -> DurableStep[P, R]: ...
+@overload
+def durable(fn: Callable[P, R], /) -> DurableStep[P, R]: ...
+@overload
+def durable(
+    *, name: str | None = None, retry: RetryPolicy | None = None
+) -> Callable[[Callable[P, Any]], DurableStep[P, Any]]: ...
+
+
+def durable(fn: Callable[..., Any] | None = None, /, *, name: str | None = None,
+            retry: RetryPolicy | None = None) -> Any:
+    """Make ``fn`` a durable step: ``@durable`` or ``@durable(name=..., retry=RetryPolicy(...))``.
+
+    The step's name (default ``module.qualname``) identifies it in checkpoints; keep it stable
+    across code changes, or pass ``name=``.
+    """
+    if fn is not None:
+        return DurableStep(fn)
+
+    def decorate(inner: Callable[..., Any]) -> DurableStep[Any, Any]:
+        return DurableStep(inner, name=name, retry=retry)
+
+    return decorate
