@@ -1,19 +1,27 @@
-"""Oneshot's durable layer: the store, its group-commit writer, and (soon) durable steps."""
+"""Oneshot's durable layer: durable steps and workflows, the store and its group-commit writer."""
 
 from durable.exceptions import (
     CommandNotFound,
     DatabaseUnavailable,
     IllegalTransition,
+    NonDeterminismError,
     OneshotError,
+    SerializationError,
     StateConflict,
+    StepFailed,
     StoreError,
     TaskNotFound,
+    WorkflowFailed,
+    WorkflowNotRegistered,
 )
 from durable.memory import MemoryStore
 from durable.persistence import PersistenceManager, store_from_settings
-from durable.records import LogFragment, NewTask, Stream, TaskRecord, Transition
+from durable.records import LogFragment, NewTask, StepCheckpoint, Stream, TaskRecord, Transition
+from durable.retry import RetryPolicy
 from durable.states import TaskState
+from durable.step import durable
 from durable.store import Store
+from durable.workflow import get_workflow, import_workflow_modules, workflow
 
 __all__ = [
     "CommandNotFound",
@@ -22,9 +30,14 @@ __all__ = [
     "LogFragment",
     "MemoryStore",
     "NewTask",
+    "NonDeterminismError",
     "OneshotError",
     "PersistenceManager",
+    "RetryPolicy",
+    "SerializationError",
     "StateConflict",
+    "StepCheckpoint",
+    "StepFailed",
     "Store",
     "StoreError",
     "Stream",
@@ -32,5 +45,11 @@ __all__ = [
     "TaskRecord",
     "TaskState",
     "Transition",
+    "WorkflowFailed",
+    "WorkflowNotRegistered",
+    "durable",
+    "get_workflow",
+    "import_workflow_modules",
     "store_from_settings",
+    "workflow",
 ]

@@ -28,6 +28,7 @@ from durable.persistence import store_from_settings
 from durable.records import NewTask, Stream, TaskKind, TaskRecord
 from durable.states import TaskState
 from durable.store import Store
+from durable.workflow import import_workflow_modules
 from orchestrator import logview, render
 from orchestrator.orchestrator import AsyncOrchestrator, new_task_id
 from orchestrator.task import TaskResult
@@ -207,12 +208,13 @@ async def show(obj: Context, task_id: str, as_json: bool) -> None:
         task = await _find_task(store, task_id)
         history = await store.history(task.id)
         size = await store.log_size(task.id)
+        steps = await store.load_steps(task.id)
     finally:
         await store.close()
     if as_json:
-        click.echo(json.dumps(render.task_json(task, history), indent=2))
+        click.echo(json.dumps(render.task_json(task, history, steps), indent=2))
     else:
-        render.show_task(console, task, history, size)
+        render.show_task(console, task, history, size, steps)
 
 
 STREAM_CHOICE = click.Choice(["stdout", "stderr", "all"], case_sensitive=False)
@@ -259,25 +261,75 @@ async def logs(obj: Context, task_id: str, follow: bool, stream: str, tail: int 
         await store.close()
 
 
+IMPORT_OPTION = click.option(
+    "--import", "modules", multiple=True, metavar="MODULE",
+    help="Import MODULE to register its workflows (repeatable; adds to "
+         "ONESHOT_WORKFLOWS__MODULES).")
+
+
+def _import_workflows(settings: OneshotSettings, modules: tuple[str, ...]) -> None:
+    for module in [*settings.workflows.modules, *modules]:
+        try:
+            import_workflow_modules([module])
+        except ImportError as exc:
+            fail(f"cannot import workflow module {module!r}: {exc}", 2)
+
+
+def _persistent_settings(obj: Context, what: str, **overrides: Any) -> OneshotSettings:
+    settings = obj.settings(**overrides)
+    if not settings.persistence.enabled:
+        fail(f"{what} needs persistence: it works on what is stored", 2)
+    return settings
+
+
 @cli.command()
 @click.option("--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
 @click.option("--queue", default="default", show_default=True, help="Queue to take tasks from.")
+@IMPORT_OPTION
 @pass_context
 @async_command
-async def worker(obj: Context, concurrency: int | None, queue: str) -> None:
-    """Run queued tasks (from `run --detach`) until SIGTERM or Ctrl-C."""
-    settings = obj.settings(concurrency=concurrency)
-    if not settings.persistence.enabled:
-        fail("a worker needs persistence: it runs what is stored", 2)
+async def worker(obj: Context, concurrency: int | None, queue: str,
+                 modules: tuple[str, ...]) -> None:
+    """Run queued tasks (from `run --detach`) until SIGTERM or Ctrl-C; recover on start."""
+    settings = _persistent_settings(obj, "a worker", concurrency=concurrency)
+    _import_workflows(settings, modules)
     stop = anyio.Event()
     received: list[int] = []
     async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
         watchers.start_soon(_stop_on_signal, orch, received, stop)
         err_console.print(f"oneshot: worker {orch.worker_id} on {settings.database.url} "
                           f"(concurrency {settings.concurrency})", highlight=False)
+        if settings.recovery.on_startup:
+            resumed = await orch.recover()
+            if resumed:
+                err_console.print(f"oneshot: resumed {len(resumed)} workflows", highlight=False)
         started = await run_worker(orch, stop, queue=queue)
         watchers.cancel_scope.cancel()
     err_console.print(f"oneshot: worker stopped after {started} tasks", highlight=False)
+
+
+@cli.command()
+@IMPORT_OPTION
+@pass_context
+@async_command
+async def recover(obj: Context, modules: tuple[str, ...]) -> None:
+    """Resume interrupted workflows (and settle orphaned commands), waiting for them to end."""
+    settings = _persistent_settings(obj, "recover")
+    _import_workflows(settings, modules)
+    received: list[int] = []
+    failed = 0
+    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+        watchers.start_soon(_stop_on_signal, orch, received)
+        handles = await orch.recover()
+        for handle in handles:
+            outcome = await handle.outcome()
+            failed += outcome.state is not TaskState.COMPLETED
+            err_console.print(f"oneshot: {handle.id} {outcome.state.value}", highlight=False)
+        watchers.cancel_scope.cancel()
+    err_console.print(f"oneshot: recovered {len(handles)} workflows, {failed} did not complete",
+                      highlight=False)
+    if failed:
+        raise SystemExit(1)
 
 
 @cli.command(name="config")

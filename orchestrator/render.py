@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from durable.records import TaskRecord, Transition
+from durable.records import StepCheckpoint, StepStatus, TaskKind, TaskRecord, Transition
 from durable.states import TaskState
 from orchestrator.task import describe_exit
+from orchestrator.workflow_task import describe_error
 
 STATE_STYLES = {
     TaskState.CREATED: "cyan",
@@ -77,7 +78,7 @@ def tasks_table(rows: Sequence[TaskRecord]) -> Table:
 
 
 def show_task(console: Console, task: TaskRecord, history: Sequence[Transition],
-              log_size: tuple[int, int]) -> None:
+              log_size: tuple[int, int], steps: Sequence[StepCheckpoint]) -> None:
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold")
     fields.add_column()
@@ -89,7 +90,8 @@ def show_task(console: Console, task: TaskRecord, history: Sequence[Transition],
     fields.add_row("state", state_text(task.state))
     fields.add_row("exit", exit_text(task))
     if task.error:
-        fields.add_row("error", task.error)
+        fields.add_row("error", describe_error(task.error) if task.kind == TaskKind.WORKFLOW
+                       else task.error)
     fields.add_row("attempt", str(task.attempt))
     fields.add_row("created", when(task.created_at))
     fields.add_row("runtime", duration(task_runtime(task)))
@@ -97,6 +99,23 @@ def show_task(console: Console, task: TaskRecord, history: Sequence[Transition],
     console.print(fields)
     console.print()
     console.print(timeline_table(history))
+    if steps:
+        console.print()
+        console.print(steps_table(steps))
+
+
+def steps_table(steps: Sequence[StepCheckpoint]) -> Table:
+    table = Table(title="steps", title_justify="left", box=None, header_style="bold")
+    for column in ("SEQ", "STEP", "STATUS", "ATTEMPTS", "DURATION", "ERROR"):
+        table.add_column(column)
+    for step in steps:
+        style = "green" if step.status == StepStatus.COMPLETED else "bold red"
+        table.add_row(
+            str(step.seq), step.name, Text(step.status, style=style), str(step.attempts),
+            duration(step.finished_at - step.started_at),
+            describe_error(step.error) if step.error else "",
+        )
+    return table
 
 
 def timeline_table(history: Sequence[Transition]) -> Table:
@@ -113,9 +132,9 @@ def timeline_table(history: Sequence[Transition]) -> Table:
     return table
 
 
-def task_json(task: TaskRecord, history: Sequence[Transition] | None = None) -> dict[str, Any]:
+def task_json(task: TaskRecord, history: Sequence[Transition],
+              steps: Sequence[StepCheckpoint]) -> dict[str, Any]:
     data = task.as_json()
-    if history is not None:
-        data["transitions"] = [row.as_json() for row in history]
-        data["steps"] = []
+    data["transitions"] = [row.as_json() for row in history]
+    data["steps"] = [step.as_json() for step in steps]
     return data
