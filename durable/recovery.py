@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 from durable.records import TaskRecord
 from durable.states import TaskState
@@ -36,7 +37,20 @@ def owner_is_gone(owner: str) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and only waits to be reaped (Linux ``/proc``; else False).
+
+    ``kill(pid, 0)`` succeeds on a zombie: a killed orchestrator whose parent has not reaped
+    it yet would otherwise count as alive and its tasks would not be recovered.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 async def find_orphans(store: Store) -> list[TaskRecord]:

@@ -1,0 +1,115 @@
+"""A worker SIGKILLed while its command runs: the task is not left RUNNING forever.
+
+The worker runs as the installed ``oneshot`` script against a real SQLite file; after the kill,
+``oneshot recover`` (a fresh process) settles the orphaned command as INTERRUPTED, naming why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from config import OneshotSettings, load_settings
+from durable.persistence import store_from_settings
+from durable.records import NewTask, TaskKind, TaskRecord, Transition
+from durable.states import TaskState
+from orchestrator.orchestrator import new_task_id
+
+TIMEOUT = 30.0
+
+
+def oneshot_script() -> str:
+    beside = Path(sys.executable).parent / "oneshot"
+    found = str(beside) if beside.exists() else shutil.which("oneshot")
+    assert found, "the oneshot console script is not installed"
+    return found
+
+
+def settings_for(db: Path) -> OneshotSettings:
+    return load_settings(overrides={"database.url": str(db)})
+
+
+def queue_task(db: Path, argv: list[str]) -> str:
+    """Queue a command task for a worker, as `run --detach` does."""
+
+    async def queue() -> str:
+        store = store_from_settings(settings_for(db))
+        await store.open()
+        try:
+            task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, argv=argv, cwd=str(db.parent))
+            return (await store.create_task(task, reason="queued")).id
+        finally:
+            await store.close()
+
+    return anyio.run(queue)
+
+
+def read_task(db: Path, task_id: str) -> tuple[TaskRecord, list[Transition]]:
+    async def read() -> tuple[TaskRecord, list[Transition]]:
+        store = store_from_settings(settings_for(db))
+        await store.open()
+        try:
+            return await store.get_task(task_id), await store.history(task_id)
+        finally:
+            await store.close()
+
+    return anyio.run(read)
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def leftover_pids() -> Iterator[list[int]]:
+    """Process groups the killed worker leaves behind (its command); killed at teardown."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def test_command_of_a_killed_worker_is_recovered_as_interrupted(
+        tmp_path: Path, leftover_pids: list[int]) -> None:
+    """SIGKILL the worker mid-command; `oneshot recover` records the task INTERRUPTED."""
+    db = tmp_path / "oneshot.db"
+    pid_file = tmp_path / "command.pid"
+    env = {**os.environ, "ONESHOT_DATABASE__URL": str(db)}
+    task_id = queue_task(db, ["sh", "-c", f"echo $$ > {pid_file}; echo started; sleep 30"])
+    worker = subprocess.Popen([oneshot_script(), "worker"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip().isdigit(),
+                 "the command to start")
+        leftover_pids.append(int(pid_file.read_text()))
+        wait_for(lambda: read_task(db, task_id)[0].state is TaskState.RUNNING, "RUNNING")
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        worker.kill()
+        worker.wait(timeout=TIMEOUT)
+    record, _ = read_task(db, task_id)
+    assert record.state is TaskState.RUNNING  # nobody settled it: the worker died
+
+    recover = subprocess.run([oneshot_script(), "recover"], cwd=tmp_path, env=env,
+                             capture_output=True, timeout=TIMEOUT, check=False)
+    assert recover.returncode == 0, recover.stderr
+    assert b"Traceback" not in recover.stderr
+    record, history = read_task(db, task_id)
+    assert record.state is TaskState.INTERRUPTED
+    assert [row.to_state for row in history][-2:] == [TaskState.RECOVERING,
+                                                      TaskState.INTERRUPTED]
+    assert history[-1].reason is not None and "died" in history[-1].reason
