@@ -55,12 +55,18 @@ def machine_summary(path: str = BENCH_DIR) -> str:
     except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
         disk = path
     return (f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}, "
-            f"SQLite {sqlite3.sqlite_version}, {platform.machine()}, scratch {disk}")
+            f"SQLite {sqlite3.sqlite_version}, {platform.machine()}, scratch {disk}, "
+            f"{load_summary()}")
+
+
+def load_summary() -> str:
+    """The 1-minute load average: this machine is shared, so say how busy it was."""
+    return f"load average {os.getloadavg()[0]:.2f}"
 
 
 def raw_connect(path: Path, synchronous: str) -> sqlite3.Connection:
     """The baseline: a bare sqlite3 connection with the pragmas Oneshot's writer uses."""
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     for pragma in ("PRAGMA busy_timeout = 5000", "PRAGMA journal_mode = WAL",
                    f"PRAGMA synchronous = {synchronous}", "PRAGMA foreign_keys = ON"):
         conn.execute(pragma)

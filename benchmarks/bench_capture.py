@@ -36,6 +36,7 @@ from typing import Any
 from _common import (
     base_parser,
     create_schema,
+    load_summary,
     machine_summary,
     median,
     print_table,
@@ -112,9 +113,15 @@ def child_raw(db: Path, size: int, synchronous: str, threaded: bool) -> dict[str
 
     pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)  # threaded: 16 MiB cap
 
+    errors: list[BaseException] = []
+
     def writer() -> None:
         while (data := pending.get()) is not None:
-            store(data)
+            if not errors:  # after a failure keep draining, so the reader never blocks
+                try:
+                    store(data)
+                except BaseException as exc:
+                    errors.append(exc)
 
     thread = threading.Thread(target=writer)
     emit = pending.put if threaded else store
@@ -135,6 +142,8 @@ def child_raw(db: Path, size: int, synchronous: str, threaded: bool) -> dict[str
     if threaded:
         pending.put(None)
         thread.join()
+        if errors:
+            raise errors[0]
     wall = time.perf_counter() - start
     fragments, stored = conn.execute(
         "SELECT count(*), coalesce(sum(length(data)), 0) FROM log_fragments WHERE task_id = ?",
@@ -149,7 +158,7 @@ def run_side(side: str, db: Path, size: int, synchronous: str) -> dict[str, Any]
         create_schema(db)
     argv = [sys.executable, __file__, "--child", side, "--db", str(db), "--size", str(size),
             "--synchronous", synchronous]
-    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(f"{side} child failed:\n{out.stderr}")
     result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
@@ -208,6 +217,7 @@ def main() -> None:
     print(f"throughput vs raw-threaded (reference): {ratios['raw-threaded']:.2f}x")
     print(f"peak RSS: {'MET' if rss < RSS_TARGET_MB else 'MISSED'} (target < "
           f"{RSS_TARGET_MB:.0f} MB, worst of {reps}: {rss:.0f} MB)")
+    print(f"at the end: {load_summary()}")
 
 
 def argparse_hidden() -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from _common import (
     base_parser,
+    load_summary,
     machine_summary,
     median,
     print_table,
@@ -112,6 +113,7 @@ def main() -> None:
     print("\non/off = median over repetitions of the paired ratio (same repetition)")
     for line in verdicts:
         print(line)
+    print(f"at the end: {load_summary()}")
 
 
 if __name__ == "__main__":

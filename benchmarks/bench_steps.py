@@ -2,6 +2,7 @@
 
     .venv/bin/pip install -e '.[bench]'        # DBOS Transact, the comparison
     .venv/bin/python benchmarks/bench_steps.py [--quick] [--reps N]
+    .venv/bin/python benchmarks/bench_steps.py --profile   # cProfile of Oneshot, sequential
 
 Every side uses SQLite in WAL mode at ``synchronous = FULL`` on a fresh database file per
 repetition and workload (under ``$ONESHOT_BENCH_DIR``, default the temp dir). A step is a
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import pstats
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -210,12 +213,35 @@ def report(rates: dict[tuple[str, str], list[float]]) -> None:
               f"  ({med[('Oneshot', name)]:,.0f} vs {bare:,.0f} commits/s)")
 
 
+async def profile_oneshot(runs: int) -> None:
+    """cProfile Oneshot's sequential workload (main thread only: the writer thread's SQLite
+    work shows up as the event loop waiting in ``select``)."""
+    profiler = cProfile.Profile()
+    with scratch_dir("steps-profile") as tmp:
+        await run_oneshot(tmp / "warmup.db", 1, 10)
+        elapsed = 0.0
+        for run in range(runs):
+            profiler.enable()
+            elapsed += await run_oneshot(tmp / f"profile-{run}.db", 1, SEQ_STEPS)
+            profiler.disable()
+    print(f"{runs} x {SEQ_STEPS:,} sequential steps: {runs * SEQ_STEPS / elapsed:,.0f} steps/s"
+          " under cProfile")
+    stats = pstats.Stats(profiler)
+    for key in ("cumulative", "tottime"):
+        stats.sort_stats(key).print_stats(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 repetitions instead of 5")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (overrides --quick)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile Oneshot's sequential workload instead of comparing")
     args = parser.parse_args()
     reps = args.reps or (2 if args.quick else 5)
+    if args.profile:
+        asyncio.run(profile_oneshot(reps))
+        return
     print(machine_summary())
     print(f"dbos {version('dbos')}, synchronous={SYNCHRONOUS}, WAL, {reps} repetitions")
     report(asyncio.run(measure(reps)))

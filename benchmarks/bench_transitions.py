@@ -24,6 +24,7 @@ from pathlib import Path
 from _common import (
     base_parser,
     create_schema,
+    load_summary,
     machine_summary,
     median,
     print_table,
@@ -174,6 +175,7 @@ def main() -> None:
     print("\nratio = median over repetitions of (oneshot / raw) measured back to back")
     for line in verdicts:
         print(line)
+    print(f"at the end: {load_summary()}")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,14 @@ from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
     NewTask,
+    ProcessHandle,
     StepCheckpoint,
     Stream,
     TaskRecord,
     Transition,
 )
 from durable.states import TaskState
-from durable.store import is_valid_id_prefix, resolve_prefix
+from durable.store import SpoolOffsets, is_valid_id_prefix, resolve_prefix
 
 
 class MemoryStore:
@@ -30,6 +31,7 @@ class MemoryStore:
         self._logs: dict[str, list[LogFragment]] = {}
         self._seqs: dict[str, set[int]] = {}
         self._steps: dict[str, dict[int, StepCheckpoint]] = {}
+        self._processes: dict[str, ProcessHandle] = {}
 
     async def open(self) -> None:
         return None
@@ -46,7 +48,8 @@ class MemoryStore:
         record = TaskRecord(
             id=task.id, kind=task.kind, name=task.name, state=TaskState.CREATED,
             created_at=now, updated_at=now, argv=task.argv, cwd=task.cwd,
-            workflow=task.workflow, input=task.input, queue=task.queue, owner=task.owner,
+            workflow=task.workflow, input=task.input, queue=task.queue, options=task.options,
+            owner=task.owner,
         )
         self._tasks[task.id] = record
         self._history[task.id] = [
@@ -80,7 +83,9 @@ class MemoryStore:
         self._history[task_id].append(row)
         return row
 
-    async def append_logs(self, fragments: Sequence[LogFragment]) -> None:
+    async def append_logs(
+        self, fragments: Sequence[LogFragment], *, offsets: SpoolOffsets | None = None
+    ) -> None:
         for fragment in fragments:
             if fragment.task_id not in self._tasks:
                 raise StoreError(f"log fragment for unknown task {fragment.task_id}")
@@ -90,6 +95,11 @@ class MemoryStore:
         for fragment in fragments:
             self._logs[fragment.task_id].append(fragment)
             self._seqs[fragment.task_id].add(fragment.seq)
+        if offsets is not None and offsets[0] in self._processes:
+            task_id, stdout_offset, stderr_offset = offsets
+            self._processes[task_id] = replace(
+                self._processes[task_id], stdout_offset=stdout_offset, stderr_offset=stderr_offset
+            )
 
     async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
         for record in sorted(self._tasks.values(), key=lambda r: r.created_at):
@@ -147,3 +157,11 @@ class MemoryStore:
     async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
         steps = self._steps.get(task_id, {})
         return [steps[seq] for seq in sorted(steps)]
+
+    async def save_process(self, handle: ProcessHandle) -> None:
+        if handle.task_id not in self._tasks:
+            raise StoreError(f"process handle for unknown task {handle.task_id}")
+        self._processes[handle.task_id] = handle
+
+    async def get_process(self, task_id: str) -> ProcessHandle | None:
+        return self._processes.get(task_id)

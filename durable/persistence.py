@@ -26,24 +26,32 @@ from durable.memory import MemoryStore
 from durable.records import (
     LogFragment,
     NewTask,
+    ProcessHandle,
     StepCheckpoint,
     Stream,
     TaskRecord,
     Transition,
 )
-from durable.rows import fragment_from_row, step_from_row, task_from_row, transition_from_row
-from durable.schema import log_fragments, step_checkpoints, task_states, tasks
+from durable.rows import (
+    fragment_from_row,
+    handle_from_row,
+    step_from_row,
+    task_from_row,
+    transition_from_row,
+)
+from durable.schema import log_fragments, process_handles, step_checkpoints, task_states, tasks
 from durable.sqlite_writes import (
     AppendLogs,
     ClaimTask,
     CreateTask,
     MoveTask,
+    SaveProcess,
     SaveStep,
     WriteOp,
     apply_batch,
 )
 from durable.states import TaskState
-from durable.store import Store, is_valid_id_prefix, resolve_prefix
+from durable.store import SpoolOffsets, Store, is_valid_id_prefix, resolve_prefix
 from durable.writer import GroupCommitWriter
 
 if TYPE_CHECKING:
@@ -155,9 +163,14 @@ class PersistenceManager:
         row: Transition = await self.writer.submit(op)
         return row
 
-    async def append_logs(self, fragments: Sequence[LogFragment]) -> None:
-        if fragments:
-            await self.writer.submit(AppendLogs(list(fragments)))
+    async def append_logs(
+        self, fragments: Sequence[LogFragment], *, offsets: SpoolOffsets | None = None
+    ) -> None:
+        if fragments or offsets is not None:
+            await self.writer.submit(AppendLogs(list(fragments), offsets))
+
+    async def save_process(self, handle: ProcessHandle) -> None:
+        await self.writer.submit(SaveProcess(handle))
 
     async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
         record: TaskRecord | None = await self.writer.submit(ClaimTask(worker, queue))
@@ -226,6 +239,11 @@ class PersistenceManager:
         async with self.engine.connect() as conn:
             count, total = (await conn.execute(statement)).one()
         return int(count), int(total)
+
+    async def get_process(self, task_id: str) -> ProcessHandle | None:
+        statement = select(process_handles).where(process_handles.c.task_id == task_id)
+        rows = await self._fetch(statement)
+        return handle_from_row(rows[0]) if rows else None
 
     async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
         statement = (

@@ -39,6 +39,8 @@ class NewTask:
     queue: str = "default"
     owner: str | None = None
     """The worker running it; None leaves it in the queue for any worker to claim."""
+    options: str | None = None
+    """A command's run options as JSON (see ``orchestrator.options.RunOptions``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class TaskRecord:
     error: str | None = None
     attempt: int = 1
     owner: str | None = None
+    options: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The stable field names of ``ls --json`` / ``show --json``."""
@@ -152,7 +155,28 @@ class StepCheckpoint:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessHandle:
+    """Where a command's shim spools output, who it is, and how much output is stored.
+
+    Identity is (pid, start time) on (host, boot id): a pid alone is never trusted.
+    """
+
+    task_id: str
+    attempt: int
+    run_dir: str
+    host: str
+    boot_id: str | None = None
+    shim_pid: int | None = None
+    shim_start: int | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    pgid: int | None = None
+    stdout_offset: int = 0
+    stderr_offset: int = 0
+
+
 TASK_UPDATABLE_FIELDS = frozenset(
-    {"started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner"}
+    {"started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner", "options"}
 )
 """Columns of ``tasks`` a transition may set together with the new state."""

@@ -17,7 +17,8 @@ from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 DEFAULT_RETRY_ON: tuple[type[BaseException], ...] = (OSError, TimeoutError)
@@ -44,10 +45,11 @@ class RetryPolicy:
     def retrying(self) -> AsyncRetrying:
         return AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(
-                initial=self.initial_backoff, max=self.max_backoff, exp_base=self.multiplier,
-                jitter=self.jitter,
-            ),
+            # Not wait_exponential_jitter: tenacity 9.2 deprecates its `initial` argument
+            # (a DeprecationWarning on every step) and older releases lack its replacement.
+            wait=wait_exponential(
+                multiplier=self.initial_backoff, max=self.max_backoff, exp_base=self.multiplier,
+            ) + wait_random(0, self.jitter),
             retry=retry_if_exception_type(self.retry_on),
             sleep=self.sleep,
             reraise=True,

@@ -6,12 +6,20 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from durable.records import LogFragment, StepCheckpoint, Stream, TaskRecord, Transition
+from durable.records import (
+    LogFragment,
+    ProcessHandle,
+    StepCheckpoint,
+    Stream,
+    TaskRecord,
+    Transition,
+)
 from durable.states import TaskState
 
 TASK_COLUMNS = (
     "id", "name", "kind", "argv", "cwd", "workflow", "input", "queue", "state", "created_at",
     "updated_at", "started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner",
+    "options",
 )
 
 
@@ -40,6 +48,7 @@ def task_from_row(row: Mapping[str, Any]) -> TaskRecord:
         error=row["error"],
         attempt=row["attempt"],
         owner=row["owner"],
+        options=row["options"],
     )
 
 
@@ -78,3 +87,13 @@ def step_from_row(row: Mapping[str, Any]) -> StepCheckpoint:
         result=row["result"],
         error=row["error"],
     )
+
+
+HANDLE_COLUMNS = (
+    "task_id", "attempt", "run_dir", "host", "boot_id", "shim_pid", "shim_start", "pid",
+    "pid_start", "pgid", "stdout_offset", "stderr_offset",
+)
+
+
+def handle_from_row(row: Mapping[str, Any]) -> ProcessHandle:
+    return ProcessHandle(**{column: row[column] for column in HANDLE_COLUMNS})

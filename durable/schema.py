@@ -8,6 +8,7 @@ and written identically by the SQLAlchemy read path and the raw writer.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     ForeignKey,
@@ -50,6 +51,7 @@ tasks = Table(
     Column("error", Text),
     Column("attempt", Integer, nullable=False, server_default="1"),
     Column("owner", String(128)),
+    Column("options", Text),  # JSON: a command's run options (timeouts, on_lost)
     Index(None, "state", "created_at"),
     Index(None, "created_at"),
 )
@@ -106,4 +108,26 @@ step_checkpoints = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float),
+)
+
+process_handles = Table(
+    "process_handles",
+    metadata,
+    Column(
+        "task_id",
+        String(32),
+        ForeignKey("tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("run_dir", Text, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("boot_id", String(64)),
+    Column("shim_pid", Integer),
+    Column("shim_start", BigInteger),
+    Column("pid", Integer),
+    Column("pid_start", BigInteger),
+    Column("pgid", Integer),
+    Column("stdout_offset", BigInteger, nullable=False, server_default="0"),
+    Column("stderr_offset", BigInteger, nullable=False, server_default="0"),
 )

@@ -20,16 +20,18 @@ from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
     NewTask,
+    ProcessHandle,
     StepCheckpoint,
     TaskRecord,
     Transition,
 )
-from durable.rows import TASK_COLUMNS, encode_argv, task_from_row
+from durable.rows import HANDLE_COLUMNS, TASK_COLUMNS, encode_argv, task_from_row
 from durable.states import TaskState
+from durable.store import SpoolOffsets
 
 _INSERT_TASK = (
     "INSERT INTO tasks (id, name, kind, argv, cwd, workflow, input, queue, state, created_at,"
-    " updated_at, attempt, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+    " updated_at, attempt, owner, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
 )
 _INSERT_HISTORY = (
     "INSERT INTO task_states (task_id, from_state, to_state, at, reason, worker, attempt)"
@@ -44,6 +46,13 @@ _SAVE_STEP = (
     " ON CONFLICT (task_id, seq) DO UPDATE SET name = excluded.name, status = excluded.status,"
     " result = excluded.result, error = excluded.error, attempts = excluded.attempts,"
     " started_at = excluded.started_at, finished_at = excluded.finished_at"
+)
+_SAVE_PROCESS = (
+    "INSERT OR REPLACE INTO process_handles (" + ", ".join(HANDLE_COLUMNS) + ") VALUES ("
+    + ", ".join("?" for _ in HANDLE_COLUMNS) + ")"
+)
+_UPDATE_OFFSETS = (
+    "UPDATE process_handles SET stdout_offset = ?, stderr_offset = ? WHERE task_id = ?"
 )
 _CLAIM = (
     "UPDATE tasks SET owner = ?, updated_at = ? WHERE id = ("
@@ -72,7 +81,7 @@ class CreateTask:
         cur.execute(
             _INSERT_TASK,
             (t.id, t.name, t.kind, encode_argv(t.argv), t.cwd, t.workflow, t.input, t.queue,
-             TaskState.CREATED.value, now, now, t.owner),
+             TaskState.CREATED.value, now, now, t.owner, t.options),
         )
         cur.execute(
             _INSERT_HISTORY, (t.id, None, TaskState.CREATED.value, now, self.reason, self.worker, 1)
@@ -80,7 +89,7 @@ class CreateTask:
         return TaskRecord(
             id=t.id, kind=t.kind, name=t.name, state=TaskState.CREATED, created_at=now,
             updated_at=now, argv=t.argv, cwd=t.cwd, workflow=t.workflow, input=t.input,
-            queue=t.queue, owner=t.owner,
+            queue=t.queue, owner=t.owner, options=t.options,
         )
 
 
@@ -120,12 +129,25 @@ class MoveTask:
 @dataclass(frozen=True, slots=True)
 class AppendLogs:
     fragments: Sequence[LogFragment]
+    offsets: SpoolOffsets | None = None
 
     def apply(self, cur: sqlite3.Cursor) -> None:
         cur.executemany(
             _INSERT_FRAGMENT,
             [(f.task_id, f.seq, int(f.stream), f.at, f.data) for f in self.fragments],
         )
+        if self.offsets is not None:
+            task_id, stdout_offset, stderr_offset = self.offsets
+            cur.execute(_UPDATE_OFFSETS, (stdout_offset, stderr_offset, task_id))
+
+
+@dataclass(frozen=True, slots=True)
+class SaveProcess:
+    handle: ProcessHandle
+
+    def apply(self, cur: sqlite3.Cursor) -> None:
+        values = [getattr(self.handle, column) for column in HANDLE_COLUMNS]
+        cur.execute(_SAVE_PROCESS, values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +176,7 @@ class SaveStep:
         )
 
 
-WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask | SaveStep
+WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask | SaveStep | SaveProcess
 
 
 def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:

@@ -18,12 +18,16 @@ from durable.exceptions import TaskNotFound
 from durable.records import (
     LogFragment,
     NewTask,
+    ProcessHandle,
     StepCheckpoint,
     Stream,
     TaskRecord,
     Transition,
 )
 from durable.states import TaskState
+
+SpoolOffsets = tuple[str, int, int]
+"""(task id, stdout offset, stderr offset)."""
 
 
 class Store(Protocol):
@@ -56,8 +60,15 @@ class Store(Protocol):
         nothing. Legality of the move is the state machine's business, not the store's.
         """
 
-    async def append_logs(self, fragments: Sequence[LogFragment]) -> None:
-        """Store output fragments; ``(task_id, seq)`` must be new."""
+    async def append_logs(
+        self, fragments: Sequence[LogFragment], *, offsets: SpoolOffsets | None = None
+    ) -> None:
+        """Store output fragments; ``(task_id, seq)`` must be new.
+
+        ``offsets`` (task id, stdout bytes, stderr bytes): how far the task's spool files are
+        stored, updated in the same transaction as the fragments, so a reattaching reader
+        resumes exactly where the stored output ends.
+        """
 
     async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
         """Atomically take the oldest unowned CREATED task of ``queue`` for ``worker``."""
@@ -96,6 +107,12 @@ class Store(Protocol):
 
     async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
         """Every checkpoint of one workflow task, in ``seq`` order."""
+
+    async def save_process(self, handle: ProcessHandle) -> None:
+        """Record (or replace) the process handle of a command task."""
+
+    async def get_process(self, task_id: str) -> ProcessHandle | None:
+        """The process handle of a command task, if one was recorded."""
 
 
 def resolve_prefix(task_id: str, candidates: Sequence[str]) -> str:

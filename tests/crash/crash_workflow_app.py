@@ -1,15 +1,16 @@
 """A five-step workflow the crash tests run in child processes, and SIGKILL where they choose.
 
-Each step appends ``step-K`` to ``$CRASH_DIR/effects.txt`` when its body runs, so the file counts
-how often every step really ran. ``$CRASH_PAUSE`` names where a run stops to be killed:
+Each step appends ``step-K`` to the side-effect file named in the workflow's input when its body
+runs, so the file counts how often every step really ran (one file per run: one recovering
+process may resume many runs). ``$CRASH_PAUSE`` names where a process stops to be killed:
 
 - ``in-K``: inside step K's body, after its line was written, before its checkpoint;
 - ``after-K``: in the workflow right after step K returned, so its checkpoint is committed.
 
-There the process writes the marker file ``$CRASH_DIR/paused`` (holding the position) and
-sleeps until it is killed. The database is ``$ONESHOT_DATABASE__URL``.
+There the process writes the marker file ``$CRASH_MARKER`` (holding the position) and sleeps
+until it is killed. The database is ``$ONESHOT_DATABASE__URL``.
 
-    python crash_workflow_app.py start     # start the workflow and wait for it
+    python crash_workflow_app.py start EFFECTS_FILE   # print the task id, run it to the end
     python crash_workflow_app.py recover   # orch.recover(), waiting for what it resumed
     oneshot recover --import crash_workflow_app   # with this directory on PYTHONPATH
 
@@ -37,15 +38,11 @@ EXPECTED_RESULT = 712345
 """``SEED`` with each step's number appended as a digit."""
 
 
-def crash_dir() -> Path:
-    return Path(os.environ["CRASH_DIR"])
-
-
 async def pause_point(position: str) -> None:
     """Stop here (marker written, sleeping) if ``$CRASH_PAUSE`` names this position."""
     if os.environ.get("CRASH_PAUSE") != position:
         return
-    marker = crash_dir() / "paused"
+    marker = Path(os.environ["CRASH_MARKER"])
     partial = marker.with_suffix(".tmp")
     partial.write_text(position)
     partial.replace(marker)
@@ -53,8 +50,8 @@ async def pause_point(position: str) -> None:
 
 
 def make_step(k: int) -> DurableStep[Any, int]:
-    async def step(value: int) -> int:
-        with (crash_dir() / "effects.txt").open("a") as effects:
+    async def step(value: int, effects_file: str) -> int:
+        with Path(effects_file).open("a") as effects:
             effects.write(f"step-{k}\n")
         await pause_point(f"in-{k}")
         return value * 10 + k
@@ -67,17 +64,17 @@ STEPS = [make_step(k) for k in range(1, STEP_COUNT + 1)]
 
 
 @workflow(name=WORKFLOW_NAME)
-async def five_steps(seed: int) -> int:
+async def five_steps(seed: int, effects_file: str) -> int:
     value = seed
     for k, step in enumerate(STEPS, start=1):
-        value = await step(value)
+        value = await step(value, effects_file)
         await pause_point(f"after-{k}")
     return value
 
 
 async def start() -> None:
     async with AsyncOrchestrator() as orch:
-        handle = await orch.start(five_steps, SEED)
+        handle = await orch.start(five_steps, SEED, sys.argv[2])
         print(handle.id, flush=True)
         print(await handle.result(), flush=True)
 

@@ -1,0 +1,867 @@
+"""Durable workflows in process: checkpoints, replay, failures, retries, recovery of orphans.
+
+Workflows run inside an :class:`AsyncOrchestrator` on a real SQLite file under ``tmp_path``;
+tests marked by the ``store`` fixture run again on the in-memory store (persistence off). A
+resume is crafted in process: a copy of a finished run (same workflow, same input, same
+checkpoints) is created with an owner that is gone, and ``orch.recover()`` resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydantic import BaseModel
+
+from config import OneshotSettings, load_settings
+from durable import (
+    NonDeterminismError,
+    RetryPolicy,
+    SerializationError,
+    StepFailed,
+    WorkflowFailed,
+    durable,
+    workflow,
+)
+from durable.memory import MemoryStore
+from durable.persistence import PersistenceManager, store_from_settings
+from durable.records import NewTask, StepCheckpoint, StepStatus, TaskKind
+from durable.states import TaskState
+from orchestrator import AsyncOrchestrator, TaskHandle
+from orchestrator.task import TaskResult
+
+WAIT_LIMIT = 15.0
+GONE_OWNER = f"{socket.gethostname()}:{os.getpid()}:gone00"
+"""An owner on this host and pid that is no live orchestrator: its tasks are orphans."""
+
+
+class Address(BaseModel):
+    city: str
+    zip_code: str
+
+
+class Customer(BaseModel):
+    name: str
+    since: dt.date
+    addresses: list[Address]
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    label: str | None = None
+
+
+class NeedsTwoArguments(Exception):
+    """An exception that cannot be rebuilt from its message alone."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+
+
+class FakeSleep:
+    """Records the backoff waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "db" / "oneshot.db"
+
+
+def make_settings(db_path: Path, *, persist: bool = True, **overrides: Any) -> OneshotSettings:
+    return load_settings(overrides={
+        "database.url": str(db_path),
+        "persistence.enabled": persist,
+        "retry.initial_backoff": 0,
+        "retry.jitter": 0,
+        **overrides,
+    })
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def settings(request: pytest.FixtureRequest, db_path: Path) -> OneshotSettings:
+    """Settings on a SQLite file under tmp_path, then with persistence off (MemoryStore)."""
+    return make_settings(db_path, persist=request.param == "sqlite")
+
+
+@pytest.fixture
+def sqlite_settings(db_path: Path) -> OneshotSettings:
+    return make_settings(db_path)
+
+
+def orchestrate(settings: OneshotSettings,
+                body: Callable[[AsyncOrchestrator], Awaitable[Any]]) -> Any:
+    """Run ``body`` inside an orchestrator on the store the settings ask for."""
+
+    async def main() -> Any:
+        store = store_from_settings(settings)
+        expected = PersistenceManager if settings.persistence.enabled else MemoryStore
+        assert isinstance(store, expected)
+        with anyio.fail_after(WAIT_LIMIT):
+            async with AsyncOrchestrator(settings, store=store) as orch:
+                return await body(orch)
+
+    result = anyio.run(main)
+    if not settings.persistence.enabled:
+        assert not Path(settings.database.url.removeprefix("sqlite+aiosqlite:///")).exists()
+    return result
+
+
+async def create_orphan(orch: AsyncOrchestrator, workflow_name: str, input_json: str,
+                        steps: Sequence[StepCheckpoint] = ()) -> str:
+    """A workflow task RUNNING under an owner that is gone, with ``steps`` as its checkpoints."""
+    task = NewTask(id=uuid.uuid4().hex, kind=TaskKind.WORKFLOW, name=workflow_name,
+                   workflow=workflow_name, input=input_json, owner=GONE_OWNER)
+    await orch.store.create_task(task, reason="crafted", worker=GONE_OWNER)
+    await orch.store.transition(task.id, TaskState.CREATED, TaskState.RUNNING,
+                                reason="crafted", worker=GONE_OWNER)
+    for step in steps:
+        await orch.store.save_step(dataclasses.replace(step, task_id=task.id))
+    return task.id
+
+
+async def orphan_copy(orch: AsyncOrchestrator, task_id: str) -> str:
+    """A crashed twin of a finished run: same workflow, input and checkpoints."""
+    record = await orch.store.get_task(task_id)
+    assert record.workflow is not None and record.input is not None
+    return await create_orphan(orch, record.workflow, record.input,
+                               await orch.store.load_steps(task_id))
+
+
+async def recover_one(orch: AsyncOrchestrator, task_id: str) -> TaskHandle:
+    """``orch.recover()``, which must resume ``task_id``; its handle."""
+    handles = {handle.id: handle for handle in await orch.recover()}
+    assert task_id in handles
+    return handles[task_id]
+
+
+def checkpoint(seq: int, name: str, result: str) -> StepCheckpoint:
+    return StepCheckpoint(task_id="", seq=seq, name=name, status=StepStatus.COMPLETED,
+                          started_at=0.0, finished_at=0.0, result=result)
+
+
+def error_of(outcome: TaskResult) -> dict[str, str]:
+    assert outcome.error is not None
+    data: dict[str, str] = json.loads(outcome.error)
+    return data
+
+
+# --- results and replay ---------------------------------------------------------------------
+
+
+def test_step_results_come_back_as_their_declared_types_on_replay(
+        settings: OneshotSettings) -> None:
+    """Pydantic models, dataclasses and builtins survive the checkpoint round trip."""
+    customer = Customer(name="Ada", since=dt.date(2020, 1, 2),
+                        addresses=[Address(city="Paris", zip_code="75001")])
+    calls: Counter[str] = Counter()
+    seen: list[list[Any]] = []
+
+    @durable
+    async def get_customer(who: Customer) -> Customer:
+        calls["customer"] += 1
+        return who
+
+    @durable
+    async def get_point() -> Point:
+        calls["point"] += 1
+        return Point(1.5, -2.0, "origin-ish")
+
+    @durable
+    def get_builtins() -> tuple[dict[str, list[int]], set[int], str | None, float]:
+        calls["builtins"] += 1
+        return {"a": [1, 2]}, {3, 4}, None, 0.25
+
+    @workflow
+    async def collect(who: Customer) -> int:
+        values = [await get_customer(who), await get_point(), await get_builtins()]
+        seen.append(values)
+        return len(values)
+
+    async def body(orch: AsyncOrchestrator) -> None:
+        first = await orch.start(collect, customer)
+        assert await first.result() == 3
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        assert await replay.result() == 3
+
+    orchestrate(settings, body)
+    assert calls == {"customer": 1, "point": 1, "builtins": 1}
+    original, replayed = seen
+    assert replayed == original == [customer, Point(1.5, -2.0, "origin-ish"),
+                                    ({"a": [1, 2]}, {3, 4}, None, 0.25)]
+    assert [type(v) for v in replayed] == [Customer, Point, tuple]
+    assert type(replayed[0].addresses[0]) is Address
+    assert type(replayed[2][1]) is set
+
+
+def test_replay_returns_stored_results_without_running_the_steps(
+        settings: OneshotSettings) -> None:
+    """Completed checkpoints are returned as stored; only steps past them run."""
+    calls: Counter[str] = Counter()
+
+    @durable(name="replay.double")
+    async def double(x: int) -> int:
+        calls["double"] += 1
+        return 2 * x
+
+    @durable(name="replay.label")
+    async def label(x: int) -> str:
+        calls["label"] += 1
+        return f"value {x}"
+
+    @workflow(name="replay.pipeline")
+    async def pipeline(x: int) -> str:
+        return await label(await double(await double(x)))
+
+    async def body(orch: AsyncOrchestrator) -> tuple[str, list[StepCheckpoint]]:
+        # Stored results no body would compute, so the test tells replay from re-execution.
+        task_id = await create_orphan(orch, "replay.pipeline", '{"x": 1}', [
+            checkpoint(0, "replay.double", "100"), checkpoint(1, "replay.double", "1000"),
+        ])
+        handle = await recover_one(orch, task_id)
+        return await handle.result(), await orch.store.load_steps(task_id)
+
+    result, steps = orchestrate(settings, body)
+    assert result == "value 1000"
+    assert calls == {"label": 1}
+    assert [(s.seq, s.name, s.result) for s in steps] == [
+        (0, "replay.double", "100"), (1, "replay.double", "1000"),
+        (2, "replay.label", '"value 1000"'),
+    ]
+
+
+def test_workflow_called_inside_an_orchestrator_runs_durably(
+        settings: OneshotSettings) -> None:
+    """`await wf(x)` in the block creates a workflow task, checkpoints it, returns the value."""
+
+    @durable
+    async def square(x: int) -> int:
+        return x * x
+
+    @workflow
+    async def squares(n: int) -> list[int]:
+        return [await square(i) for i in range(n)]
+
+    async def body(orch: AsyncOrchestrator) -> Any:
+        assert await squares(4) == [0, 1, 4, 9]
+        (task,) = await orch.store.list_tasks()
+        return task, await orch.store.load_steps(task.id)
+
+    task, steps = orchestrate(settings, body)
+    assert (task.kind, task.state, task.result) == ("workflow", TaskState.COMPLETED, "[0,1,4,9]")
+    assert json.loads(task.input) == {"n": 4}
+    assert [s.result for s in steps] == ["0", "1", "4", "9"]
+
+
+def test_workflow_called_without_an_orchestrator_just_runs() -> None:
+    """Outside an orchestrator a workflow and its steps are plain async calls."""
+
+    @durable
+    async def inc(x: int) -> int:
+        return x + 1
+
+    @workflow
+    async def twice(x: int) -> int:
+        return await inc(await inc(x))
+
+    assert anyio.run(twice, 1) == 3
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def test_stored_step_failure_is_reraised_with_its_original_type_and_message(
+        settings: OneshotSettings) -> None:
+    """A step that failed is not run again on replay: its exception is raised again."""
+    calls: Counter[str] = Counter()
+
+    @durable
+    async def parse(text: str) -> int:
+        calls["parse"] += 1
+        raise ValueError(f"bad input {text!r}")
+
+    @workflow
+    async def tolerant(text: str) -> str:
+        try:
+            await parse(text)
+        except ValueError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "parsed"
+
+    async def body(orch: AsyncOrchestrator) -> tuple[str, str, list[StepCheckpoint]]:
+        first = await orch.start(tolerant, "x42")
+        result = await first.result()
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        return result, await replay.result(), await orch.store.load_steps(first.id)
+
+    first, replayed, steps = orchestrate(settings, body)
+    assert first == replayed == "ValueError: bad input 'x42'"
+    assert calls == {"parse": 1}
+    (step,) = steps
+    assert (step.status, step.attempts, step.result) == (StepStatus.FAILED, 1, None)
+    assert json.loads(step.error or "") == {
+        "type": "ValueError", "module": "builtins", "message": "bad input 'x42'"}
+
+
+def test_stored_failure_of_an_unrebuildable_type_is_reraised_as_step_failed(
+        settings: OneshotSettings) -> None:
+    """An exception that needs more than a message comes back as StepFailed with its data."""
+    caught: list[BaseException] = []
+
+    @durable(name="failing.lookup")
+    async def lookup() -> int:
+        raise NeedsTwoArguments(404, "no such record")
+
+    @workflow
+    async def guarded() -> str:
+        try:
+            await lookup()
+        except Exception as exc:
+            caught.append(exc)
+        return "done"
+
+    async def body(orch: AsyncOrchestrator) -> None:
+        first = await orch.start(guarded)
+        assert await first.result() == "done"
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        assert await replay.result() == "done"
+
+    orchestrate(settings, body)
+    original, replayed = caught
+    assert type(original) is NeedsTwoArguments
+    assert isinstance(replayed, StepFailed)
+    assert (replayed.name, replayed.seq, replayed.error_type, replayed.message) == (
+        "failing.lookup", 0, "NeedsTwoArguments", "404: no such record")
+    assert str(replayed) == "step 0 'failing.lookup' failed: NeedsTwoArguments: 404: no such record"
+
+
+def test_uncaught_step_failure_fails_the_workflow(settings: OneshotSettings) -> None:
+    """The workflow ends FAILED with the step's error; result() raises WorkflowFailed."""
+
+    @durable
+    async def explode() -> None:
+        raise RuntimeError("boom")
+
+    @workflow
+    async def fragile() -> None:
+        await explode()
+
+    async def body(orch: AsyncOrchestrator) -> tuple[TaskResult, WorkflowFailed]:
+        handle = await orch.start(fragile)
+        with pytest.raises(WorkflowFailed) as failed:
+            await handle.result()
+        with pytest.raises(WorkflowFailed):
+            await fragile()  # called directly in the block: same outcome
+        return await handle.outcome(), failed.value
+
+    outcome, failed = orchestrate(settings, body)
+    assert outcome.state is TaskState.FAILED
+    assert error_of(outcome) == {"type": "RuntimeError", "module": "builtins", "message": "boom"}
+    assert (failed.task_id, failed.state, failed.error) == (outcome.id, "FAILED",
+                                                            "RuntimeError: boom")
+
+
+def test_calling_another_step_at_a_recorded_sequence_is_a_non_determinism_error(
+        settings: OneshotSettings) -> None:
+    """Replay after the code changed names the sequence, the recorded and the called step."""
+    calls: Counter[str] = Counter()
+
+    @durable(name="nd.fetch")
+    async def fetch() -> int:
+        calls["fetch"] += 1
+        return 1
+
+    @durable(name="nd.old_transform")
+    async def old_transform(x: int) -> int:
+        return x + 1
+
+    @durable(name="nd.new_transform")
+    async def new_transform(x: int) -> int:
+        calls["new_transform"] += 1
+        return x + 2
+
+    @workflow(name="nd.pipeline")
+    async def pipeline_v1() -> int:
+        return await old_transform(await fetch())
+
+    async def body(orch: AsyncOrchestrator) -> tuple[TaskResult, WorkflowFailed]:
+        first = await orch.start(pipeline_v1)
+        assert await first.result() == 2
+        copy = await orphan_copy(orch, first.id)
+
+        @workflow(name="nd.pipeline")  # the code changed: re-registered under the same name
+        async def pipeline_v2() -> int:
+            return await new_transform(await fetch())
+
+        handle = await recover_one(orch, copy)
+        with pytest.raises(WorkflowFailed) as failed:
+            await handle.result()
+        return await handle.outcome(), failed.value
+
+    outcome, failed = orchestrate(settings, body)
+    assert outcome.state is TaskState.FAILED
+    error = error_of(outcome)
+    assert error["type"] == NonDeterminismError.__name__
+    expected = NonDeterminismError(outcome.id, 1, "nd.old_transform", "nd.new_transform")
+    assert error["message"] == str(expected)
+    for part in ("step 1", "'nd.old_transform'", "'nd.new_transform'", outcome.id):
+        assert part in error["message"] and part in str(failed)
+    assert calls == {"fetch": 1}  # replayed at seq 0; the new step never ran
+
+
+def test_unserializable_step_result_fails_the_step_and_writes_no_checkpoint(
+        settings: OneshotSettings) -> None:
+    """A result pydantic cannot dump raises SerializationError before anything is committed."""
+    calls: Counter[str] = Counter()
+    caught: list[BaseException] = []
+
+    @durable(name="unserializable.make")
+    async def make() -> Any:
+        calls["make"] += 1
+        return object()
+
+    @durable
+    async def after() -> int:
+        calls["after"] += 1
+        return 1
+
+    @workflow
+    async def careless() -> int:
+        try:
+            await make()
+        except SerializationError as exc:
+            caught.append(exc)
+            raise
+        return await after()
+
+    async def body(orch: AsyncOrchestrator) -> tuple[TaskResult, list[StepCheckpoint]]:
+        handle = await orch.start(careless)
+        outcome = await handle.outcome()
+        return outcome, await orch.store.load_steps(handle.id)
+
+    outcome, steps = orchestrate(settings, body)
+    assert steps == []
+    assert calls == {"make": 1}
+    assert outcome.state is TaskState.FAILED
+    assert error_of(outcome)["type"] == "SerializationError"
+    (error,) = caught
+    assert isinstance(error, SerializationError)
+    assert error.what == "the result of step 'unserializable.make'"
+    assert str(error).startswith("cannot serialize the result of step 'unserializable.make': ")
+
+
+def test_unserializable_workflow_input_creates_no_task(settings: OneshotSettings) -> None:
+    """start() refuses an input it cannot store, naming the argument; nothing is written."""
+
+    @workflow
+    async def takes(thing: Any) -> None:
+        return None
+
+    async def body(orch: AsyncOrchestrator) -> list[Any]:
+        with pytest.raises(SerializationError, match="argument 'thing'"):
+            await orch.start(takes, object())
+        return await orch.store.list_tasks()
+
+    assert orchestrate(settings, body) == []
+
+
+# --- retries ----------------------------------------------------------------------------------
+
+
+def test_step_retries_until_attempts_are_exhausted_and_records_them(
+        settings: OneshotSettings) -> None:
+    """Three attempts, all failing: the checkpoint records attempts=3, the workflow FAILED."""
+    sleep = FakeSleep()
+    calls: Counter[str] = Counter()
+
+    @durable(retry=RetryPolicy(attempts=3, retry_on=(ValueError,), sleep=sleep))
+    async def flaky() -> int:
+        calls["flaky"] += 1
+        raise ValueError(f"attempt {calls['flaky']}")
+
+    @workflow
+    async def doomed() -> int:
+        return await flaky()
+
+    async def body(orch: AsyncOrchestrator) -> tuple[TaskResult, list[StepCheckpoint]]:
+        handle = await orch.start(doomed)
+        return await handle.outcome(), await orch.store.load_steps(handle.id)
+
+    outcome, (step,) = orchestrate(settings, body)
+    assert calls == {"flaky": 3}
+    assert len(sleep.waits) == 2
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 3)
+    assert json.loads(step.error or "")["message"] == "attempt 3"
+    assert outcome.state is TaskState.FAILED
+    assert error_of(outcome)["message"] == "attempt 3"
+
+
+def test_step_succeeding_on_a_retry_records_the_attempts_it_took(
+        settings: OneshotSettings) -> None:
+    """Failing once then succeeding: COMPLETED with attempts=2 and the value."""
+    sleep = FakeSleep()
+    calls: Counter[str] = Counter()
+
+    @durable(retry=RetryPolicy(attempts=3, retry_on=(ValueError,), sleep=sleep))
+    async def second_time_lucky() -> str:
+        calls["lucky"] += 1
+        if calls["lucky"] == 1:
+            raise ValueError("not yet")
+        return "ok"
+
+    @workflow
+    async def hopeful() -> str:
+        return await second_time_lucky()
+
+    async def body(orch: AsyncOrchestrator) -> tuple[str, list[StepCheckpoint]]:
+        handle = await orch.start(hopeful)
+        return await handle.result(), await orch.store.load_steps(handle.id)
+
+    result, (step,) = orchestrate(settings, body)
+    assert result == "ok"
+    assert (step.status, step.attempts, step.result) == (StepStatus.COMPLETED, 2, '"ok"')
+    assert len(sleep.waits) == 1
+
+
+def test_backoff_waits_grow_between_attempts(sqlite_settings: OneshotSettings) -> None:
+    """Exponential backoff: each wait handed to the sleep function is longer than the last."""
+    sleep = FakeSleep()
+    policy = RetryPolicy(attempts=5, initial_backoff=0.1, multiplier=2.0, jitter=0.0,
+                         max_backoff=10.0, retry_on=(TimeoutError,), sleep=sleep)
+
+    @durable(retry=policy)
+    async def slow_service() -> None:
+        raise TimeoutError("no answer")
+
+    @workflow
+    async def patient() -> None:
+        await slow_service()
+
+    async def body(orch: AsyncOrchestrator) -> list[StepCheckpoint]:
+        handle = await orch.start(patient)
+        await handle.outcome()
+        return await orch.store.load_steps(handle.id)
+
+    (step,) = orchestrate(sqlite_settings, body)
+    assert step.attempts == 5
+    assert sleep.waits == pytest.approx([0.1, 0.2, 0.4, 0.8])
+
+
+def test_exception_not_listed_in_retry_on_is_not_retried(
+        sqlite_settings: OneshotSettings) -> None:
+    """retry_on names what retries: any other exception fails the step at its first attempt."""
+    sleep = FakeSleep()
+    calls: Counter[str] = Counter()
+
+    @durable(retry=RetryPolicy(attempts=5, retry_on=(ValueError,), sleep=sleep))
+    async def missing_key() -> None:
+        calls["missing"] += 1
+        raise KeyError("id")
+
+    @workflow
+    async def strict() -> None:
+        await missing_key()
+
+    async def body(orch: AsyncOrchestrator) -> list[StepCheckpoint]:
+        handle = await orch.start(strict)
+        assert (await handle.outcome()).state is TaskState.FAILED
+        return await orch.store.load_steps(handle.id)
+
+    (step,) = orchestrate(sqlite_settings, body)
+    assert calls == {"missing": 1}
+    assert sleep.waits == []
+    assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
+
+
+def test_default_retry_policy_comes_from_settings_and_retries_only_io_errors(
+        db_path: Path) -> None:
+    """Without retry=, attempts come from settings; OSError retries, ValueError does not."""
+    settings = make_settings(db_path, **{"retry.attempts": 4})
+    calls: Counter[str] = Counter()
+
+    @durable
+    async def unreachable() -> None:
+        calls["connection"] += 1
+        raise ConnectionRefusedError("refused")
+
+    @durable
+    async def invalid() -> None:
+        calls["value"] += 1
+        raise ValueError("invalid")
+
+    @workflow
+    async def both() -> list[str]:
+        errors = []
+        for step in (unreachable, invalid):
+            try:
+                await step()
+            except Exception as exc:
+                errors.append(type(exc).__name__)
+        return errors
+
+    async def body(orch: AsyncOrchestrator) -> tuple[list[str], list[StepCheckpoint]]:
+        handle = await orch.start(both)
+        return await handle.result(), await orch.store.load_steps(handle.id)
+
+    result, steps = orchestrate(settings, body)
+    assert result == ["ConnectionRefusedError", "ValueError"]
+    assert calls == {"connection": 4, "value": 1}
+    assert [(s.status, s.attempts) for s in steps] == [(StepStatus.FAILED, 4),
+                                                       (StepStatus.FAILED, 1)]
+
+
+def test_durable_outside_a_workflow_just_runs_with_its_retries() -> None:
+    """No workflow, no orchestrator: the step runs (sync ones too), retried by its policy."""
+    sleep = FakeSleep()
+    calls: Counter[str] = Counter()
+
+    @durable(retry=RetryPolicy(attempts=3, sleep=sleep))
+    async def fetch(url: str) -> str:
+        calls["fetch"] += 1
+        if calls["fetch"] < 3:
+            raise ConnectionResetError("reset")
+        return f"body of {url}"
+
+    @durable(retry=RetryPolicy(attempts=2, retry_on=(ValueError,), sleep=sleep))
+    def parse(text: str) -> int:
+        calls["parse"] += 1
+        raise ValueError(text)
+
+    async def main() -> str:
+        with pytest.raises(ValueError, match=r"^nope$"):
+            await parse("nope")
+        return await fetch("http://example.invalid")
+
+    assert anyio.run(main) == "body of http://example.invalid"
+    assert calls == {"fetch": 3, "parse": 2}
+    assert len(sleep.waits) == 3
+
+
+# --- how steps run ----------------------------------------------------------------------------
+
+
+def test_sync_step_runs_in_a_worker_thread(settings: OneshotSettings) -> None:
+    """A plain def step is run off the event loop's thread, and awaited like any step."""
+
+    @durable
+    def which_thread() -> int:
+        return threading.get_ident()
+
+    @workflow
+    async def threads() -> list[int]:
+        return [threading.get_ident(), await which_thread()]
+
+    loop_thread, step_thread = orchestrate(settings, lambda orch: orch.run_workflow(
+        threads, (), {}))
+    assert loop_thread == threading.get_ident()  # anyio.run runs the loop in this thread
+    assert step_thread != loop_thread
+
+
+def test_concurrent_steps_are_numbered_in_call_order_and_replay(
+        settings: OneshotSettings) -> None:
+    """asyncio.gather: seq follows the calls, not the completions; replay gives the same."""
+    calls: Counter[str] = Counter()
+    finished: list[str] = []
+
+    @durable(name="gather.fetch")
+    async def fetch(label: str, delay: float) -> str:
+        calls[label] += 1
+        await anyio.sleep(delay)
+        finished.append(label)
+        return label.upper()
+
+    @durable(name="gather.join")
+    async def join(parts: list[str]) -> str:
+        return "".join(parts)
+
+    @workflow
+    async def fan_out() -> str:
+        parts = await asyncio.gather(fetch("a", 0.15), fetch("b", 0.0), fetch("c", 0.05))
+        return await join(list(parts))
+
+    async def body(orch: AsyncOrchestrator) -> tuple[str, str, list[StepCheckpoint]]:
+        first = await orch.start(fan_out)
+        result = await first.result()
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        return result, await replay.result(), await orch.store.load_steps(replay.id)
+
+    result, replayed, steps = orchestrate(settings, body)
+    assert finished == ["b", "c", "a"]
+    assert result == replayed == "ABC"
+    assert calls == {"a": 1, "b": 1, "c": 1}
+    assert [(s.seq, s.name, s.result) for s in steps] == [
+        (0, "gather.fetch", '"A"'), (1, "gather.fetch", '"B"'), (2, "gather.fetch", '"C"'),
+        (3, "gather.join", '"ABC"'),
+    ]
+
+
+def test_nested_workflow_runs_inline_as_part_of_its_caller(settings: OneshotSettings) -> None:
+    """Its steps take the caller's next numbers; one task in all; the caller's replay covers it."""
+    calls: Counter[str] = Counter()
+
+    @durable(name="nested.step")
+    async def step(label: str) -> str:
+        calls[label] += 1
+        return label
+
+    @workflow
+    async def inner(prefix: str) -> list[str]:
+        return [await step(f"{prefix}1"), await step(f"{prefix}2")]
+
+    @workflow
+    async def outer() -> list[str]:
+        first = await step("outer-start")
+        middle = await inner("inner-")
+        return [first, *middle, await step("outer-end")]
+
+    async def body(orch: AsyncOrchestrator) -> Any:
+        first = await orch.start(outer)
+        assert await first.result() == ["outer-start", "inner-1", "inner-2", "outer-end"]
+        tasks = await orch.store.list_tasks()
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        assert await replay.result() == ["outer-start", "inner-1", "inner-2", "outer-end"]
+        return tasks, await orch.store.load_steps(first.id)
+
+    tasks, steps = orchestrate(settings, body)
+    assert [task.workflow for task in tasks] == [outer.name]
+    assert [(s.seq, s.result) for s in steps] == [
+        (0, '"outer-start"'), (1, '"inner-1"'), (2, '"inner-2"'), (3, '"outer-end"')]
+    assert set(calls.values()) == {1}
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+def test_unregistered_workflow_fails_on_recover_while_other_orphans_resume(
+        settings: OneshotSettings) -> None:
+    """The orphan nobody registered ends FAILED naming it; the others still resume."""
+
+    @durable
+    async def greet(who: str) -> str:
+        return f"hello {who}"
+
+    @workflow(name="recover.greeter")
+    async def greeter(who: str) -> str:
+        return await greet(who)
+
+    async def body(orch: AsyncOrchestrator) -> Any:
+        lost = await create_orphan(orch, "tests.no_such_workflow", "{}")
+        found = await create_orphan(orch, "recover.greeter", '{"who": "world"}')
+        command = NewTask(id=uuid.uuid4().hex, kind=TaskKind.COMMAND, argv=["true"],
+                          owner=GONE_OWNER)
+        await orch.store.create_task(command)
+        await orch.store.transition(command.id, TaskState.CREATED, TaskState.RUNNING)
+        handles = {handle.id: handle for handle in await orch.recover()}
+        assert set(handles) == {lost, found}
+        outcomes = {task_id: await handle.outcome() for task_id, handle in handles.items()}
+        return (outcomes[lost], await orch.store.history(lost), outcomes[found],
+                await orch.store.get_task(command.id))
+
+    lost, lost_history, found, command = orchestrate(settings, body)
+    assert lost.state is TaskState.FAILED
+    reason = lost_history[-1].reason or ""
+    assert "'tests.no_such_workflow' is not registered" in reason
+    assert reason.startswith("cannot resume: ")
+    assert "tests.no_such_workflow" in error_of(lost)["message"]
+    assert [t.to_state for t in lost_history][-2:] == [TaskState.RECOVERING, TaskState.FAILED]
+    assert (found.state, found.result) == (TaskState.COMPLETED, '"hello world"')
+    assert command.state is TaskState.INTERRUPTED
+
+
+def test_recover_leaves_tasks_of_live_orchestrators_alone(
+        sqlite_settings: OneshotSettings) -> None:
+    """A task owned by a running orchestrator (or a live process) is not an orphan."""
+    release = anyio.Event()
+
+    @durable
+    async def wait_for_release() -> str:
+        await release.wait()
+        return "released"
+
+    @workflow
+    async def waiting() -> str:
+        return await wait_for_release()
+
+    async def body(orch: AsyncOrchestrator) -> list[str]:
+        running = await orch.start(waiting)
+        orphan = await create_orphan(orch, waiting.name, "{}")
+        await orch.store.create_task(NewTask(
+            id=uuid.uuid4().hex, kind=TaskKind.WORKFLOW, workflow=waiting.name, input="{}",
+            owner=f"{socket.gethostname()}:1:init00"))  # pid 1 is alive
+        resumed = await orch.recover()
+        assert [handle.id for handle in resumed] == [orphan]
+        release.set()
+        return [await running.result(), await resumed[0].result()]
+
+    assert orchestrate(sqlite_settings, body) == ["released", "released"]
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+
+def test_show_json_lists_the_steps_with_status_and_attempts(db_path: Path) -> None:
+    """`oneshot show ID --json` has "steps": seq, name, status, attempts, error."""
+    sleep = FakeSleep()
+    calls: Counter[str] = Counter()
+
+    @durable(name="show.flaky", retry=RetryPolicy(attempts=3, retry_on=(ValueError,),
+                                                   sleep=sleep))
+    async def flaky() -> int:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise ValueError("flaky")
+        return 3
+
+    @durable(name="show.broken", retry=RetryPolicy(attempts=1))
+    async def broken() -> int:
+        raise LookupError("gone")
+
+    @workflow(name="show.pipeline")
+    async def pipeline() -> str:
+        await flaky()
+        with contextlib.suppress(LookupError):
+            await broken()
+        return "shown"
+
+    async def body(orch: AsyncOrchestrator) -> str:
+        handle = await orch.start(pipeline)
+        assert await handle.result() == "shown"
+        return handle.id
+
+    task_id = orchestrate(make_settings(db_path), body)
+    script = Path(sys.executable).parent / "oneshot"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
+    shown = subprocess.run([str(script), "--db", str(db_path), "show", task_id, "--json"],
+                           capture_output=True, timeout=WAIT_LIMIT, env=env)
+    assert shown.returncode == 0, shown.stderr.decode()
+    data = json.loads(shown.stdout)
+    assert (data["id"], data["kind"], data["state"]) == (task_id, "workflow", "COMPLETED")
+    assert [(s["seq"], s["name"], s["status"], s["attempts"]) for s in data["steps"]] == [
+        (0, "show.flaky", "completed", 3), (1, "show.broken", "failed", 1)]
+    assert json.loads(data["steps"][1]["error"])["type"] == "LookupError"
+    text = subprocess.run([str(script), "--db", str(db_path), "show", task_id],
+                          capture_output=True, timeout=WAIT_LIMIT, env=env)
+    assert text.returncode == 0, text.stderr.decode()
+    assert "show.flaky" in text.stdout.decode() and "LookupError: gone" in text.stdout.decode()
