@@ -16,6 +16,7 @@ import sqlite3
 import statistics
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -60,8 +61,26 @@ def machine_summary(path: str = BENCH_DIR) -> str:
 
 
 def load_summary() -> str:
-    """The 1-minute load average: this machine is shared, so say how busy it was."""
-    return f"load average {os.getloadavg()[0]:.2f}"
+    """Load average and fdatasync latency now: the machine and its disk are shared, so say
+    how busy they were when the figures were taken."""
+    return f"load average {os.getloadavg()[0]:.2f}, fdatasync p50 {fsync_probe():.3f} ms"
+
+
+def fsync_probe(count: int = 100) -> float:
+    """Median milliseconds of a 4 KiB append + fdatasync in the scratch directory."""
+    fd, name = tempfile.mkstemp(prefix="oneshot-bench-fsync-", dir=BENCH_DIR)
+    times = []
+    try:
+        block = b"x" * 4096
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return median(times) * 1000
 
 
 def raw_connect(path: Path, synchronous: str) -> sqlite3.Connection:

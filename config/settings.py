@@ -226,6 +226,10 @@ class OneshotSettings(BaseSettings):
     concurrency: int = Field(default=4, ge=1)
     idle_threshold: float = Field(default=60.0, gt=0)  # seconds of silence before IDLE
     secret_patterns: StrList = Field(default_factory=lambda: list(DEFAULT_SECRET_PATTERNS))
+    # Where command shims spool output; None: "<database file>-runs" beside a SQLite database,
+    # "runs" in the user data dir for a server database, a private RAM-backed temporary
+    # directory when persistence is off.
+    spool_dir: Path | None = None
 
     _config_file: Path | None = PrivateAttr(default=None)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import anyio
 
 from durable.records import LogFragment, Stream
-from durable.store import Store
+from durable.store import SpoolOffsets, Store
 
 Tee = Callable[[Stream, bytes], None]
 
@@ -33,6 +33,7 @@ class LogCapture:
         memory_cap: int = 16 << 20,
         fragment_bytes: int = 1 << 20,
         next_seq: int = 0,
+        offsets: tuple[int, int] | None = None,
         tee: Tee | None = None,
     ) -> None:
         self._store = store
@@ -43,6 +44,8 @@ class LogCapture:
         self._fragment_bytes = fragment_bytes
         self._tee = tee
         self._next_seq = next_seq
+        # How far each spool file is stored; None when the output does not come from a spool.
+        self._offsets = dict(zip(Stream, offsets, strict=True)) if offsets is not None else None
         self._buffer: list[tuple[Stream, bytearray, float]] = []
         self._buffered = 0
         self._in_flight = 0
@@ -90,9 +93,16 @@ class LogCapture:
             for stream, data, at in batch:
                 fragments.append(LogFragment(self.task_id, stream, self._next_seq, at, bytes(data)))
                 self._next_seq += 1
+                if self._offsets is not None:
+                    self._offsets[stream] += len(data)
             self._in_flight = size
             try:
                 with anyio.CancelScope(shield=True):
-                    await self._store.append_logs(fragments)
+                    await self._store.append_logs(fragments, offsets=self._spool_offsets())
             finally:
                 self._in_flight = 0
+
+    def _spool_offsets(self) -> SpoolOffsets | None:
+        if self._offsets is None:
+            return None
+        return self.task_id, self._offsets[Stream.STDOUT], self._offsets[Stream.STDERR]

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import contextvars
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
+import platformdirs
 from anyio.abc import TaskGroup
 
 from config import OneshotSettings, load_settings
 from durable.context import current_runtime, default_retry_policy
+from durable.engine import ConnectionOptions
 from durable.exceptions import WorkflowFailed, WorkflowNotRegistered
 from durable.persistence import store_from_settings
 from durable.records import NewTask, TaskKind, TaskRecord
@@ -106,7 +111,9 @@ class AsyncOrchestrator:
         self.store = store if store is not None else store_from_settings(self.settings)
         self.worker_id = worker_id or new_worker_id()
         self.limiter = anyio.CapacityLimiter(self.settings.concurrency)
+        self._temporary_spool: Path | None = None
         self.capture_options = CaptureOptions(
+            spool_dir=self._spool_dir(),
             batch_bytes=self.settings.logs.batch_bytes,
             flush_interval=self.settings.logs.flush_interval,
             memory_cap=self.settings.logs.memory_cap_bytes,
@@ -116,6 +123,21 @@ class AsyncOrchestrator:
         self._handles: dict[str, TaskHandle] = {}
         self._group: TaskGroup | None = None
         self._context_tokens: list[contextvars.Token[Any]] = []
+
+    def _spool_dir(self) -> Path:
+        """Where shims spool output: configured, beside the SQLite file, or (persistence off)
+        a private temporary directory, RAM-backed where /dev/shm exists, removed at close."""
+        if self.settings.spool_dir is not None:
+            return self.settings.spool_dir
+        if not self.settings.persistence.enabled:
+            shm = Path("/dev/shm")
+            self._temporary_spool = Path(tempfile.mkdtemp(
+                prefix="oneshot-", dir=shm if shm.is_dir() else None))
+            return self._temporary_spool
+        database = ConnectionOptions(self.settings.database.url).sqlite_path
+        if database is not None:
+            return database.with_name(database.name + "-runs")
+        return Path(platformdirs.user_data_dir("oneshot")) / "runs"
 
     async def __aenter__(self) -> AsyncOrchestrator:
         await self.store.open()
@@ -140,6 +162,8 @@ class AsyncOrchestrator:
             LIVE_OWNERS.discard(self.worker_id)
             with anyio.CancelScope(shield=True):
                 await self.store.close()
+            if self._temporary_spool is not None:
+                shutil.rmtree(self._temporary_spool, ignore_errors=True)
 
     @property
     def active(self) -> int:

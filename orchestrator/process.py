@@ -1,97 +1,252 @@
-"""The one module that spawns processes.
+"""The one module that starts processes: every command runs under a detached shim.
 
-Today a command runs as a direct child with its stdout and stderr on pipes, in its own session
-(its own process group, so a terminal's Ctrl-C reaches Oneshot and not the child, and cancel can
-stop the whole group). A later step moves each command under a detached shim writing to spool
-files; callers only see :class:`ChildProcess`.
+:func:`spawn` writes the run directory's ``spec.json``, starts :mod:`orchestrator.shim` by path
+(it double-forks, so the orchestrator is never the command's parent) and waits for the shim's
+``started.json`` record on a sync pipe. :class:`ShimProcess` is the orchestrator's view of a
+shim, whether it started it a moment ago or reattaches to it after a crash: it tails the spool
+files from byte offsets, reads the exit file, and signals the shim only after verifying its
+identity (lock held, pid and start time matching, through a pidfd).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import fcntl
+import json
 import os
+import select
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
 
 from durable.exceptions import CommandNotFound
-from durable.records import Stream
+from durable.records import ProcessHandle, Stream
+from orchestrator.shim import boot_id, proc_start_time, write_json_atomic
 
+SHIM_PATH = Path(__file__).with_name("shim.py")
+LAUNCH_TIMEOUT = 10.0
+TAIL_INTERVAL = 0.05
 READ_SIZE = 1 << 20
+SPOOL_FILES = {Stream.STDOUT: "stdout.log", Stream.STDERR: "stderr.log"}
 
 
-class ChildProcess:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self._proc = proc
-        self.pid = proc.pid
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Enforced by the shim, so they hold while no orchestrator is running."""
+
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    adaptive: tuple[float, float, float] | None = None  # initial, extend by, maximum
+    grace: float = 5.0
+
+    def as_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"timeout": self.timeout, "idle_timeout": self.idle_timeout,
+                                "grace": self.grace}
+        if self.adaptive is not None:
+            initial, extend, maximum = self.adaptive
+            spec["adaptive_timeout"] = {"initial": initial, "extend": extend, "maximum": maximum}
+        return spec
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    """``exit.json``: the code (``-N`` for signal N), why the shim stopped it, exec errors."""
+
+    code: int | None
+    reason: str | None = None
+    error: str | None = None
+
+
+def run_dir_for(spool: Path, task_id: str, attempt: int) -> Path:
+    return spool / task_id / str(attempt)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+class ShimProcess:
+    def __init__(self, run_dir: Path, started: Mapping[str, Any],
+                 offsets: tuple[int, int] = (0, 0)) -> None:
+        self.run_dir = run_dir
+        self.started = dict(started)
+        self.offsets = {Stream.STDOUT: offsets[0], Stream.STDERR: offsets[1]}
+        self.pid: int = int(started["pid"])
+        self.shim_pid: int = int(started["shim_pid"])
+
+    @classmethod
+    def attach(cls, run_dir: Path, offsets: tuple[int, int]) -> ShimProcess | None:
+        """The shim of ``run_dir`` from its ``started.json``; None if it never started."""
+        started = _read_json(run_dir / "started.json")
+        if started is None:
+            return None
+        return cls(run_dir, started, offsets)
+
+    def handle(self, task_id: str, attempt: int) -> ProcessHandle:
+        s = self.started
+        return ProcessHandle(
+            task_id=task_id, attempt=attempt, run_dir=str(self.run_dir),
+            host=socket.gethostname(), boot_id=s.get("boot_id"), shim_pid=self.shim_pid,
+            shim_start=s.get("shim_start"), pid=self.pid, pid_start=s.get("pid_start"),
+            pgid=s.get("pgid"), stdout_offset=self.offsets[Stream.STDOUT],
+            stderr_offset=self.offsets[Stream.STDERR],
+        )
+
+    def lock_held(self) -> bool:
+        """Whether the shim is alive: it holds ``shim.lock`` for its whole life."""
+        try:
+            fd = os.open(self.run_dir / "shim.lock", os.O_RDWR)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock if we took it
+        return False
+
+    def exit_info(self) -> ExitInfo | None:
+        data = _read_json(self.run_dir / "exit.json")
+        if data is None or data.get("attempt_id") != self.started.get("attempt_id"):
+            return None
+        return ExitInfo(data.get("exit_code"), data.get("reason"), data.get("error"))
+
+    def finished(self) -> bool:
+        """No more output will come: the exit file is written, or the shim is gone."""
+        return self.exit_info() is not None or not self.lock_held()
 
     async def output(self) -> AsyncIterator[tuple[Stream, bytes]]:
-        """Chunks of raw output as they arrive, from both streams, until both close."""
-        queue: asyncio.Queue[tuple[Stream, bytes] | None] = asyncio.Queue(maxsize=4)
-
-        async def pump(stream: Stream, reader: asyncio.StreamReader) -> None:
-            while chunk := await reader.read(READ_SIZE):
-                await queue.put((stream, chunk))
-            await queue.put(None)
-
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        pumps = [
-            asyncio.ensure_future(pump(Stream.STDOUT, self._proc.stdout)),
-            asyncio.ensure_future(pump(Stream.STDERR, self._proc.stderr)),
-        ]
+        """New spool bytes from the offsets on, until the shim has finished and all is read."""
+        fds = {}
         try:
-            open_streams = 2
-            while open_streams:
-                item = await queue.get()
-                if item is None:
-                    open_streams -= 1
-                else:
-                    yield item
+            for stream, name in SPOOL_FILES.items():
+                fds[stream] = os.open(self.run_dir / name, os.O_RDONLY | os.O_CREAT, 0o600)
+                size = os.fstat(fds[stream]).st_size
+                self.offsets[stream] = min(self.offsets[stream], size)  # page cache lost
+            while True:
+                finished = self.finished()
+                progressed = False
+                for stream, fd in fds.items():
+                    data = os.pread(fd, READ_SIZE, self.offsets[stream])
+                    if data:
+                        self.offsets[stream] += len(data)
+                        progressed = True
+                        yield stream, data
+                if not progressed:
+                    if finished:
+                        return
+                    await anyio.sleep(TAIL_INTERVAL)
         finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            for fd in fds.values():
+                os.close(fd)
 
-    async def wait(self) -> int:
-        """The exit code; negative ``-N`` when killed by signal N."""
-        return await self._proc.wait()
+    def identity_matches(self) -> bool:
+        return proc_start_time(self.shim_pid) == self.started.get("shim_start")
 
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.returncode
+    def stop(self) -> bool:
+        """Ask the shim to stop the command (SIGTERM to the group, SIGKILL after the grace).
 
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.pid, signum)
+        Signals only a verified shim: the pid is pinned with a pidfd, then its start time and
+        the lock are checked, so a reused pid is never signalled. False if it is not running.
+        """
+        try:
+            pidfd = os.pidfd_open(self.shim_pid)
+        except (ProcessLookupError, OSError):
+            return False
+        try:
+            if not (self.identity_matches() and self.lock_held()):
+                return False
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+
+    def remove_spool(self) -> None:
+        """Drop the run directory once everything in it is committed to the database."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.run_dir.parent.rmdir()  # the task's directory, if no other attempt is left
+
+
+def _await_sync(read_fd: int, launcher: subprocess.Popen[bytes]) -> bytes:
+    """The shim's one-line record; blocks (in a worker thread) up to LAUNCH_TIMEOUT."""
+    launcher.wait(LAUNCH_TIMEOUT)  # the first fork exits at once
+    data = b""
+    while not data.endswith(b"\n"):
+        ready, _, _ = select.select([read_fd], [], [], LAUNCH_TIMEOUT)
+        if not ready:
+            break
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 async def spawn(
-    argv: list[str], *, cwd: str | None = None, env: Mapping[str, str] | None = None
-) -> ChildProcess:
-    """Start ``argv`` (no shell) with piped output; raise CommandNotFound if it cannot start."""
+    argv: list[str],
+    *,
+    run_dir: Path,
+    attempt_id: str,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+    limits: Limits = Limits(),
+) -> ShimProcess:
+    """Start ``argv`` (no shell) under a new shim; raise CommandNotFound if it cannot start."""
     if not argv:
         raise CommandNotFound("", "empty command")
     program = argv[0]
     search_path = (env or os.environ).get("PATH")
     if os.sep not in program and shutil.which(program, path=search_path) is None:
         raise CommandNotFound(program, "command not found")
+    if cwd and not os.path.isdir(cwd):
+        raise CommandNotFound(program, "working directory not found")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a launch that never started, retried
+    run_dir.mkdir(parents=True, mode=0o700)
+    spec = {"schema": 1, "attempt_id": attempt_id, "argv": argv, "cwd": cwd,
+            "env": dict(env) if env is not None else None, **limits.as_spec()}
+    write_json_atomic(str(run_dir), "spec.json", spec)
+    read_fd, write_fd = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-            limit=READ_SIZE,
-        )
-    except FileNotFoundError as exc:
-        problem = "working directory not found" if cwd and not os.path.isdir(cwd) else (
-            "command not found")
-        raise CommandNotFound(program, problem) from exc
-    except PermissionError as exc:
-        raise CommandNotFound(program, "permission denied") from exc
-    except OSError as exc:
-        raise CommandNotFound(program, exc.strerror or str(exc)) from exc
-    return ChildProcess(proc)
+        with open(run_dir / "shim.err", "wb") as shim_err:
+            launcher = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(SHIM_PATH), str(run_dir), str(write_fd)],
+                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=shim_err, start_new_session=True,
+            )
+        os.close(write_fd)
+        write_fd = -1
+        line = await anyio.to_thread.run_sync(_await_sync, read_fd, launcher)
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    try:
+        record = json.loads(line)
+    except ValueError:
+        problem = (run_dir / "shim.err").read_text(errors="replace").strip()[-500:]
+        problem = problem or "no record"
+        raise CommandNotFound(program, f"the shim did not start: {problem}") from None
+    if record.get("error"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise CommandNotFound(program, record["error"])
+    return ShimProcess(run_dir, record)
+
+
+def current_boot_id() -> str:
+    return boot_id()

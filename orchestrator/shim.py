@@ -16,6 +16,7 @@ attempt, limits), ``shim.lock``, ``started.json``, ``stdout.log``, ``stderr.log`
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -217,10 +218,8 @@ class Shim:
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signum)
-        except ProcessLookupError:
-            pass
 
     def _reap_leftovers(self, pgid: int) -> None:
         """The command is gone: stop what it left in its group, and reap every adoptee."""

@@ -1,29 +1,34 @@
-"""OneshotTask: runs one command, capturing its output and committing every transition."""
+"""OneshotTask: runs one command under a shim, capturing its output, every transition durable."""
 
 from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
 from durable.exceptions import CommandNotFound
-from durable.records import TaskRecord
+from durable.records import Stream, TaskRecord
 from durable.states import TaskState
 from durable.store import Store
 from orchestrator.logcapture import LogCapture, Tee
-from orchestrator.process import ChildProcess, spawn
+from orchestrator.options import RunOptions
+from orchestrator.process import ExitInfo, ShimProcess, run_dir_for, spawn
 from orchestrator.states import OneshotStateMachine
 
-TERMINATE_GRACE = 5.0
+STOP_SLACK = 5.0
+"""Seconds past the grace to wait for a stopped shim before giving up on its exit file."""
 
 
 @dataclass(frozen=True, slots=True)
 class CaptureOptions:
-    """Log batching and idle detection, from settings."""
+    """Log batching, idle detection and where shims spool output, from settings."""
 
+    spool_dir: Path
     batch_bytes: int = 1 << 20
     flush_interval: float = 0.2
     memory_cap: int = 16 << 20
@@ -57,7 +62,7 @@ def describe_exit(code: int) -> str:
 
 
 class OneshotTask:
-    """One command task. :meth:`run` drives it from CREATED to a terminal state."""
+    """One command task: :meth:`run` starts it; :meth:`reattach` follows a surviving shim."""
 
     def __init__(
         self,
@@ -74,41 +79,77 @@ class OneshotTask:
         self.record = record
         self.store = store
         self.options = options
+        self.run_options = RunOptions.from_json(record.options)
         self.env = env
+        self.tee = tee
         self.machine = OneshotStateMachine(store, record.id, record.state, worker=worker)
-        self.capture = LogCapture(
-            store, record.id, batch_bytes=options.batch_bytes,
-            flush_interval=options.flush_interval, memory_cap=options.memory_cap, tee=tee,
-        )
         self.interrupt_reason = "cancelled"
+        self.capture = self._new_capture(0, (0, 0))
 
     @property
     def id(self) -> str:
         return self.record.id
 
+    def _new_capture(self, next_seq: int, offsets: tuple[int, int]) -> LogCapture:
+        o = self.options
+        return LogCapture(self.store, self.id, batch_bytes=o.batch_bytes,
+                          flush_interval=o.flush_interval, memory_cap=o.memory_cap,
+                          tee=self.tee, next_seq=next_seq, offsets=offsets)
+
     async def run(self) -> TaskResult:
-        argv = list(self.record.argv or [])
+        """Commit the intent (RUNNING), start the shim, record its handle, follow it."""
         await self.machine.transition(TaskState.RUNNING, "starting", started_at=time.time())
+        run_dir = run_dir_for(self.options.spool_dir, self.id, self.record.attempt)
         try:
-            child = await spawn(argv, cwd=self.record.cwd, env=self.env)
+            child = await spawn(list(self.record.argv or []), run_dir=run_dir,
+                                attempt_id=uuid.uuid4().hex, cwd=self.record.cwd, env=self.env,
+                                limits=self.run_options.limits)
         except CommandNotFound as exc:
             await self.machine.transition(
                 TaskState.FAILED, str(exc), error=str(exc), finished_at=time.time()
             )
             return TaskResult(self.id, TaskState.FAILED, None, str(exc))
+        await self.store.save_process(child.handle(self.id, self.record.attempt))
+        return await self.follow(child)
+
+    async def reattach(self, child: ShimProcess, next_seq: int, reason: str) -> TaskResult:
+        """Resume a RECOVERING task whose shim is alive (or finished while we were down)."""
+        offsets = (child.offsets[Stream.STDOUT], child.offsets[Stream.STDERR])
+        self.capture = self._new_capture(next_seq, offsets)
+        if not child.finished():
+            await self.machine.transition(TaskState.RUNNING, reason)
+        return await self.follow(child)
+
+    async def follow(self, child: ShimProcess) -> TaskResult:
+        """Capture output until the shim finishes, then commit the ending it reports."""
         try:
-            code = await self._supervise(child)
+            await self._supervise(child)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._stop(child)
-                await self.capture.flush()
-                await self.settle_interrupted(child.returncode)
+                info = child.exit_info()
+                await self.settle_interrupted(info.code if info else None)
             raise
-        state = TaskState.COMPLETED if code == 0 else TaskState.FAILED
-        await self.machine.transition(
-            state, describe_exit(code), exit_code=code, finished_at=time.time()
-        )
-        return TaskResult(self.id, state, code)
+        return await self._finish(child)
+
+    async def _finish(self, child: ShimProcess) -> TaskResult:
+        info = child.exit_info() or ExitInfo(None, error="the shim died without an exit status")
+        now = time.time()
+        if info.reason == "stop requested":
+            self.interrupt_reason = "cancelled (oneshot cancel)"
+            result = await self.settle_interrupted(info.code)
+        elif info.code is None:
+            await self.machine.transition(TaskState.INTERRUPTED, info.error, error=info.error,
+                                          finished_at=now)
+            result = TaskResult(self.id, TaskState.INTERRUPTED, None, info.error)
+        else:
+            state = TaskState.COMPLETED if info.code == 0 else TaskState.FAILED
+            reason = describe_exit(info.code) + (f" ({info.reason})" if info.reason else "")
+            await self.machine.transition(state, reason, exit_code=info.code, finished_at=now,
+                                          error=info.reason)
+            result = TaskResult(self.id, state, info.code, info.reason)
+        child.remove_spool()
+        return result
 
     async def settle_interrupted(self, exit_code: int | None = None) -> TaskResult:
         """Record INTERRUPTED (with the interrupt reason) unless the task already ended."""
@@ -121,8 +162,8 @@ class OneshotTask:
         record = await self.store.get_task(self.id)
         return TaskResult(record.id, record.state, record.exit_code, record.error)
 
-    async def _supervise(self, child: ChildProcess) -> int:
-        """Capture output until both streams close, then reap the child; all logs committed."""
+    async def _supervise(self, child: ShimProcess) -> None:
+        """Capture output until the shim has finished; all of it committed on return."""
         async with anyio.create_task_group() as helpers:
             helpers.start_soon(self.capture.run)
             helpers.start_soon(self._watch_idle)
@@ -132,21 +173,17 @@ class OneshotTask:
                         frozenset({TaskState.IDLE}), TaskState.RUNNING, "output resumed"
                     )
                 await self.capture.write(stream, data)
-            code = await child.wait()
             helpers.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.capture.flush()
-        return code
 
-    async def _stop(self, child: ChildProcess) -> None:
-        """SIGTERM the process group, keep capturing until it exits, SIGKILL after a grace."""
-        for signum, grace in ((signal.SIGTERM, TERMINATE_GRACE), (signal.SIGKILL, 2.0)):
-            child.signal_group(signum)
-            with anyio.move_on_after(grace):
-                async for stream, data in child.output():
-                    await self.capture.write(stream, data)
-                await child.wait()
-                return
+    async def _stop(self, child: ShimProcess) -> None:
+        """Have the shim stop the command; keep capturing until it has finished."""
+        child.stop()
+        with anyio.move_on_after(self.run_options.grace + STOP_SLACK):
+            async for stream, data in child.output():
+                await self.capture.write(stream, data)
+        await self.capture.flush()
 
     async def _watch_idle(self) -> None:
         threshold = self.options.idle_threshold

@@ -11,6 +11,7 @@ import anyio
 
 from durable.memory import MemoryStore
 from durable.records import LogFragment, NewTask, Stream, TaskKind
+from durable.store import SpoolOffsets
 from orchestrator.logcapture import LogCapture
 
 OUT, ERR = Stream.STDOUT, Stream.STDERR
@@ -25,11 +26,13 @@ class SlowStore(MemoryStore):
         self.batches: list[list[LogFragment]] = []
         self.committed = 0
 
-    async def append_logs(self, fragments: Sequence[LogFragment]) -> None:
+    async def append_logs(
+        self, fragments: Sequence[LogFragment], *, offsets: SpoolOffsets | None = None
+    ) -> None:
         assert fragments, "an empty batch should never reach the store"
         if self.delay:
             await anyio.sleep(self.delay)
-        await super().append_logs(fragments)
+        await super().append_logs(fragments, offsets=offsets)
         self.batches.append(list(fragments))
         self.committed += sum(len(f.data) for f in fragments)
 
