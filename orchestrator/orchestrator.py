@@ -31,8 +31,9 @@ from durable.states import TaskState
 from durable.store import Store
 from durable.workflow import Workflow, get_workflow
 from orchestrator.logcapture import Tee
+from orchestrator.options import RunOptions
 from orchestrator.recovery import recover_orphans
-from orchestrator.task import CaptureOptions, OneshotTask, TaskResult
+from orchestrator.task import CaptureOptions, OneshotTask, Reattachment, TaskResult
 from orchestrator.workflow_task import WorkflowTask, describe_error
 
 
@@ -178,10 +179,12 @@ class AsyncOrchestrator:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
         tee: Tee | None = None,
+        options: RunOptions | None = None,
     ) -> TaskHandle:
         """Create a command task (committed, owned by this orchestrator) and start it."""
         task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=list(argv),
-                       cwd=cwd or os.getcwd(), owner=self.worker_id)
+                       cwd=cwd or os.getcwd(), owner=self.worker_id,
+                       options=(options or RunOptions()).to_json())
         record = await self.store.create_task(task, reason="submitted", worker=self.worker_id)
         return self.start_task(record, env=env, tee=tee)
 
@@ -208,8 +211,9 @@ class AsyncOrchestrator:
         return await handle.result()
 
     def start_task(self, record: TaskRecord, *, env: Mapping[str, str] | None = None,
-                   tee: Tee | None = None) -> TaskHandle:
-        """Run a created (or claimed, or recovering) task in this orchestrator."""
+                   tee: Tee | None = None, reattach: Reattachment | None = None) -> TaskHandle:
+        """Run a created (or claimed, or recovering) task in this orchestrator; with
+        ``reattach``, follow the surviving shim of a recovering command instead."""
         if self._group is None:
             raise RuntimeError("use AsyncOrchestrator inside `async with`")
         handle: TaskHandle
@@ -220,7 +224,7 @@ class AsyncOrchestrator:
         else:
             handle = TaskHandle(record.id, OneshotTask(
                 self.store, record, options=self.capture_options, env=env, tee=tee,
-                worker=self.worker_id))
+                worker=self.worker_id, reattach=reattach))
         self._handles[record.id] = handle
         self._group.start_soon(self._run_task, handle, name=f"task {record.id}")
         return handle
@@ -238,9 +242,10 @@ class AsyncOrchestrator:
             handle._done.set()
             del self._handles[handle.id]
 
-    async def recover(self) -> list[TaskHandle]:
-        """Resume what was interrupted; see :mod:`orchestrator.recovery`."""
-        return await recover_orphans(self)
+    async def recover(self, only: str | None = None) -> list[TaskHandle]:
+        """Resume what was interrupted (or only task ``only``); see
+        :mod:`orchestrator.recovery`."""
+        return await recover_orphans(self, only)
 
     def cancel(self, task_id: str, reason: str = "cancelled") -> bool:
         """Interrupt a task this orchestrator runs; False if it is not running here."""

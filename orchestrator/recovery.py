@@ -1,56 +1,193 @@
 """Resuming interrupted work when an orchestrator starts, or on `oneshot recover`.
 
 Each orphan (see :mod:`durable.recovery`) is first taken over with a guarded transition to
-RECOVERING that also sets this orchestrator as owner, so two recoverers never resume the same
-task: the second one's guarded update finds another state and skips it. Then:
+RECOVERING that also makes this orchestrator its owner, so two recoverers never resume the same
+task: the second one's guarded update finds another state and skips it. Then, from evidence:
 
-- a workflow resumes from its checkpoints by its registered name with its stored input (or ends
-  FAILED if the name is not registered here, and the others still resume);
-- a command is recorded INTERRUPTED: it ran as a child of the dead orchestrator, with nobody
-  left reading its output, so it cannot be reattached.
+- a **workflow** resumes from its checkpoints by its registered name with its stored input;
+- a **command** whose shim is alive is reattached: its spool is tailed from the stored offsets;
+- a command that **finished while we were down** has the rest of its spool stored and ends
+  COMPLETED or FAILED with the real code from the shim's exit file;
+- a command that **never started** (killed between the intent commit and the launch) goes back
+  to CREATED and runs;
+- a command whose process is **lost** — vanished, its shim dead, the machine rebooted (boot id
+  changed) or it ran on another host — has what its spool holds stored, then gets the fallback:
+  ``interrupt`` (INTERRUPTED with the cause), ``restart`` (attempt + 1, up to
+  ``recovery.max_attempts``) or ``fail``, from the task's ``--on-lost`` or
+  ``ONESHOT_RECOVERY__MISSING_PROCESS``. A lost command still running without its shim is
+  killed first, through a verified pidfd: nothing re-runs before the old instance is dead.
+- a task whose stored state cannot be read (bad JSON, unknown values) ends FAILED with
+  ``corrupt state: ...``; every other task still recovers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import socket
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from durable.exceptions import StateConflict
 from durable.records import TaskKind, TaskRecord
 from durable.recovery import find_orphans
 from durable.states import TaskState
+from orchestrator.options import RunOptions
+from orchestrator.process import ShimProcess, current_boot_id, run_dir_for
+from orchestrator.shim import proc_start_time
+from orchestrator.task import OneshotTask, Reattachment
 
 if TYPE_CHECKING:
     from orchestrator.orchestrator import AsyncOrchestrator, TaskHandle
 
 
-async def recover_orphans(orch: AsyncOrchestrator) -> list[TaskHandle]:
-    """Take over every orphaned task; returns the handles of the workflows resumed."""
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What recovery found for one command: ``verdict`` and the shim, if there is one."""
+
+    verdict: str  # "alive", "finished", "never-started", "lost"
+    cause: str
+    child: ShimProcess | None = None
+
+
+async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
+                          ) -> list[TaskHandle]:
+    """Take over every orphaned task (or just task ``only``); returns the handles of the
+    tasks resumed here."""
     handles = []
     for record in await find_orphans(orch.store):
+        if only is not None and record.id != only:
+            continue
         taken = await _take_over(orch, record)
         if taken is None:
             continue
-        if taken.kind == TaskKind.WORKFLOW:
-            handles.append(orch.start_task(taken))
-        else:
-            await orch.store.transition(
-                taken.id, TaskState.RECOVERING, TaskState.INTERRUPTED,
-                reason=f"orchestrator {record.owner} died while the command ran; its process "
-                       "was not supervised and cannot be reattached",
-                worker=orch.worker_id, fields={"finished_at": time.time()},
-            )
+        try:
+            handle = await _recover_one(orch, taken)
+        except (ValueError, KeyError, TypeError) as exc:
+            await _end(orch, taken, TaskState.FAILED, f"corrupt state: {exc}")
+            continue
+        if handle is not None:
+            handles.append(handle)
     return handles
 
 
 async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord | None:
+    """Become the owner (guarded); a workflow's resumption counts as a new attempt."""
+    attempt = record.attempt + (1 if record.kind == TaskKind.WORKFLOW else 0)
     try:
         await orch.store.transition(
             record.id, record.state, TaskState.RECOVERING,
             reason=f"owner {record.owner} is gone; recovered by {orch.worker_id}",
-            worker=orch.worker_id, fields={"owner": orch.worker_id},
+            worker=orch.worker_id, fields={"owner": orch.worker_id, "attempt": attempt},
         )
     except StateConflict:
         return None  # someone else moved it first
-    return replace(record, state=TaskState.RECOVERING, owner=orch.worker_id)
+    return replace(record, state=TaskState.RECOVERING, owner=orch.worker_id, attempt=attempt)
+
+
+async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord) -> TaskHandle | None:
+    max_attempts = orch.settings.recovery.max_attempts
+    if record.kind == TaskKind.WORKFLOW:
+        if record.attempt > max_attempts:
+            await _end(orch, record, TaskState.FAILED, "recovery attempts exhausted "
+                       f"({record.attempt - 1} runs of at most {max_attempts})")
+            return None
+        return orch.start_task(record)
+    if record.argv is None or not all(isinstance(arg, str) for arg in record.argv):
+        raise ValueError("the stored command is not a list of strings")
+    options = RunOptions.from_json(record.options)
+    evidence = await _inspect(orch, record)
+    if evidence.verdict in ("alive", "finished"):
+        assert evidence.child is not None
+        reason = (f"reattached to pid {evidence.child.pid}" if evidence.verdict == "alive"
+                  else evidence.cause)
+        return orch.start_task(record, reattach=Reattachment(
+            evidence.child, await _next_seq(orch, record), reason))
+    if evidence.verdict == "never-started":
+        return await _run_again(orch, record, evidence.cause, record.attempt)
+    if evidence.child is not None:
+        await OneshotTask(orch.store, record, options=orch.capture_options).salvage(
+            evidence.child, await _next_seq(orch, record))
+    mode = options.on_lost or orch.settings.recovery.missing_process
+    if mode == "restart":
+        if record.attempt >= max_attempts:
+            await _end(orch, record, TaskState.FAILED, f"{evidence.cause}; recovery attempts "
+                       f"exhausted ({record.attempt} of {max_attempts})")
+            return None
+        return await _run_again(orch, record, f"restart: {evidence.cause}", record.attempt + 1)
+    state = TaskState.FAILED if mode == "fail" else TaskState.INTERRUPTED
+    await _end(orch, record, state, evidence.cause)
+    return None
+
+
+async def _inspect(orch: AsyncOrchestrator, record: TaskRecord) -> Evidence:
+    handle = await orch.store.get_process(record.id)
+    if handle is not None and handle.host != socket.gethostname():
+        return Evidence("lost", f"its process ran on host {handle.host}, not this one")
+    run_dir = (Path(handle.run_dir) if handle is not None
+               else run_dir_for(orch.capture_options.spool_dir, record.id, record.attempt))
+    offsets = (handle.stdout_offset, handle.stderr_offset) if handle is not None else (0, 0)
+    child = ShimProcess.attach(run_dir, offsets)
+    if child is None:
+        return _never_started(run_dir)
+    if child.started.get("boot_id") != current_boot_id():
+        return Evidence("lost", "the machine rebooted (boot id changed) while it ran", child)
+    info = child.exit_info()
+    if info is not None:
+        return Evidence("finished", "exited while no orchestrator was watching", child)
+    if child.lock_held():
+        return Evidence("alive", "its shim is alive", child)
+    if _kill_verified(child.pid, child.started.get("pid_start")):
+        return Evidence("lost", "its shim died; the orphaned command was killed", child)
+    return Evidence("lost", "its process vanished without an exit status", child)
+
+
+def _never_started(run_dir: Path) -> Evidence:
+    exit_file = run_dir / "exit.json"
+    if exit_file.exists():
+        error = json.loads(exit_file.read_text()).get("error") or "it could not start"
+        return Evidence("lost", error)
+    return Evidence("never-started", "its launch was interrupted before the command started")
+
+
+def _kill_verified(pid: int, start_time: int | None) -> bool:
+    """SIGKILL the process group of ``pid`` if ``pid`` is still that very process."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if start_time is None or proc_start_time(pid) != start_time:
+            return False  # the pid now belongs to someone else: never signal it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the command leads its own group
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+async def _next_seq(orch: AsyncOrchestrator, record: TaskRecord) -> int:
+    last = await orch.store.read_logs(record.id, tail=1)
+    return last[0].seq + 1 if last else 0
+
+
+async def _run_again(orch: AsyncOrchestrator, record: TaskRecord, reason: str,
+                     attempt: int) -> TaskHandle:
+    await orch.store.transition(record.id, TaskState.RECOVERING, TaskState.CREATED,
+                                reason=reason, worker=orch.worker_id,
+                                fields={"attempt": attempt})
+    return orch.start_task(replace(record, state=TaskState.CREATED, attempt=attempt))
+
+
+async def _end(orch: AsyncOrchestrator, record: TaskRecord, state: TaskState,
+               reason: str) -> None:
+    await orch.store.transition(record.id, TaskState.RECOVERING, state, reason=reason,
+                                worker=orch.worker_id,
+                                fields={"finished_at": time.time(), "error": reason})

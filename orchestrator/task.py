@@ -52,6 +52,15 @@ class TaskResult:
         return 128 - self.exit_code if self.exit_code < 0 else self.exit_code
 
 
+@dataclass(frozen=True, slots=True)
+class Reattachment:
+    """A surviving shim found by recovery, and where the stored output ends."""
+
+    child: ShimProcess
+    next_seq: int
+    reason: str
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -73,6 +82,7 @@ class OneshotTask:
         env: Mapping[str, str] | None = None,
         tee: Tee | None = None,
         worker: str | None = None,
+        reattach: Reattachment | None = None,
     ) -> None:
         if record.argv is None:
             raise ValueError(f"task {record.id} has no command")
@@ -84,6 +94,7 @@ class OneshotTask:
         self.tee = tee
         self.machine = OneshotStateMachine(store, record.id, record.state, worker=worker)
         self.interrupt_reason = "cancelled"
+        self.reattachment = reattach
         self.capture = self._new_capture(0, (0, 0))
 
     @property
@@ -98,6 +109,9 @@ class OneshotTask:
 
     async def run(self) -> TaskResult:
         """Commit the intent (RUNNING), start the shim, record its handle, follow it."""
+        if self.reattachment is not None:
+            r = self.reattachment
+            return await self.reattach(r.child, r.next_seq, r.reason)
         await self.machine.transition(TaskState.RUNNING, "starting", started_at=time.time())
         run_dir = run_dir_for(self.options.spool_dir, self.id, self.record.attempt)
         try:
@@ -114,11 +128,21 @@ class OneshotTask:
 
     async def reattach(self, child: ShimProcess, next_seq: int, reason: str) -> TaskResult:
         """Resume a RECOVERING task whose shim is alive (or finished while we were down)."""
-        offsets = (child.offsets[Stream.STDOUT], child.offsets[Stream.STDERR])
-        self.capture = self._new_capture(next_seq, offsets)
+        self._capture_from(child, next_seq)
         if not child.finished():
             await self.machine.transition(TaskState.RUNNING, reason)
         return await self.follow(child)
+
+    async def salvage(self, child: ShimProcess, next_seq: int) -> None:
+        """Store whatever a lost process left in its spool beyond the stored offsets."""
+        self._capture_from(child, next_seq)
+        async for stream, data in child.output():
+            await self.capture.write(stream, data)
+        await self.capture.flush()
+
+    def _capture_from(self, child: ShimProcess, next_seq: int) -> None:
+        offsets = (child.offsets[Stream.STDOUT], child.offsets[Stream.STDERR])
+        self.capture = self._new_capture(next_seq, offsets)
 
     async def follow(self, child: ShimProcess) -> TaskResult:
         """Capture output until the shim finishes, then commit the ending it reports."""
