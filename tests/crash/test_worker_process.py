@@ -1,7 +1,8 @@
-"""A worker SIGKILLed while its command runs: the task is not left RUNNING forever.
+"""A worker SIGKILLed while its command runs: the command lives on and is reattached.
 
 The worker runs as the installed ``oneshot`` script against a real SQLite file; after the kill,
-``oneshot recover`` (a fresh process) settles the orphaned command as INTERRUPTED, naming why.
+``oneshot recover`` (a fresh process) reattaches to the command's shim, stores the rest of its
+output and records its real exit code.
 """
 
 from __future__ import annotations
@@ -83,13 +84,14 @@ def leftover_pids() -> Iterator[list[int]]:
             os.killpg(pid, signal.SIGKILL)
 
 
-def test_command_of_a_killed_worker_is_recovered_as_interrupted(
+def test_command_of_a_killed_worker_is_reattached_by_recover(
         tmp_path: Path, leftover_pids: list[int]) -> None:
-    """SIGKILL the worker mid-command; `oneshot recover` records the task INTERRUPTED."""
+    """SIGKILL the worker mid-command; `oneshot recover` reattaches and records the real exit."""
     db = tmp_path / "oneshot.db"
     pid_file = tmp_path / "command.pid"
     env = {**os.environ, "ONESHOT_DATABASE__URL": str(db)}
-    task_id = queue_task(db, ["sh", "-c", f"echo $$ > {pid_file}; echo started; sleep 30"])
+    script = f"echo $$ > {pid_file}; echo started; sleep 2; echo done >&2; exit 7"
+    task_id = queue_task(db, ["sh", "-c", script])
     worker = subprocess.Popen([oneshot_script(), "worker"], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -109,7 +111,11 @@ def test_command_of_a_killed_worker_is_recovered_as_interrupted(
     assert recover.returncode == 0, recover.stderr
     assert b"Traceback" not in recover.stderr
     record, history = read_task(db, task_id)
-    assert record.state is TaskState.INTERRUPTED
-    assert [row.to_state for row in history][-2:] == [TaskState.RECOVERING,
-                                                      TaskState.INTERRUPTED]
-    assert history[-1].reason is not None and "died" in history[-1].reason
+    assert record.state is TaskState.FAILED
+    assert record.exit_code == 7
+    states = [row.to_state for row in history]
+    assert states[-3:] == [TaskState.RECOVERING, TaskState.RUNNING, TaskState.FAILED]
+    assert history[-2].reason is not None and "reattached" in history[-2].reason
+    logs = subprocess.run([oneshot_script(), "logs", task_id, "--raw"], cwd=tmp_path, env=env,
+                          capture_output=True, timeout=TIMEOUT, check=True)
+    assert logs.stdout == b"started\ndone\n"
