@@ -235,7 +235,7 @@ def test_one_recover_resumes_every_orphaned_workflow(
     """A single `oneshot recover` resumes all ten killed runs and exits 0."""
     recovered = killed_everywhere.recovered
     assert recovered.returncode == 0, recovered.stderr.decode()
-    assert (f"recovered {len(POSITIONS)} workflows, 0 did not complete"
+    assert (f"recovered {len(POSITIONS)} tasks"
             in recovered.stderr.decode())
 
 
@@ -243,7 +243,7 @@ def test_completed_workflows_are_not_resumed_again(killed_everywhere: KilledEver
     """A second `oneshot recover` finds nothing to do and runs no step."""
     again = killed_everywhere.recovered_again
     assert again.returncode == 0, again.stderr.decode()
-    assert "recovered 0 workflows, 0 did not complete" in again.stderr.decode()
+    assert "recovered 0 tasks" in again.stderr.decode()
     assert effects_of(killed_everywhere.effects["after-5"]) == ALL_ONCE
 
 
@@ -280,7 +280,7 @@ def test_workflow_of_a_killed_process_not_yet_reaped_is_recovered(children: Chil
 
     done = children.finish(recover_cli())
     assert done.returncode == 0, done.stderr.decode()
-    assert "recovered 1 workflows, 0 did not complete" in done.stderr.decode()
+    assert "recovered 1 tasks" in done.stderr.decode()
     assert proc.poll() == -signal.SIGKILL
     assert effects_of(effects) == {"step-1": 1, "step-2": 1, "step-3": 2, "step-4": 1,
                                    "step-5": 1}
