@@ -16,6 +16,7 @@ from durable.records import (
     StepCheckpoint,
     Stream,
     TaskRecord,
+    TaskRef,
     Transition,
 )
 from durable.states import TaskState
@@ -157,6 +158,21 @@ class MemoryStore:
     async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
         steps = self._steps.get(task_id, {})
         return [steps[seq] for seq in sorted(steps)]
+
+    async def unfinished_tasks(self) -> list[TaskRef]:
+        rows = sorted(self._tasks.values(), key=lambda r: r.created_at)
+        return [TaskRef(r.id, r.kind, r.state.value, r.owner) for r in rows
+                if not r.state.is_terminal]
+
+    async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:
+        current = self._tasks.get(task_id)
+        if current is None or current.state.value != found_state:
+            raise StateConflict(task_id, found_state, current.state if current else None)
+        now = time.time()
+        self._tasks[task_id] = replace(current, state=TaskState.FAILED, updated_at=now,
+                                       finished_at=now, error=reason)
+        self._history[task_id].append(
+            Transition(task_id, None, TaskState.FAILED, now, reason, None, current.attempt))
 
     async def save_process(self, handle: ProcessHandle) -> None:
         if handle.task_id not in self._tasks:

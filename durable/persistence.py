@@ -30,6 +30,7 @@ from durable.records import (
     StepCheckpoint,
     Stream,
     TaskRecord,
+    TaskRef,
     Transition,
 )
 from durable.rows import (
@@ -44,13 +45,14 @@ from durable.sqlite_writes import (
     AppendLogs,
     ClaimTask,
     CreateTask,
+    FailCorrupt,
     MoveTask,
     SaveProcess,
     SaveStep,
     WriteOp,
     apply_batch,
 )
-from durable.states import TaskState
+from durable.states import TERMINAL_STATES, TaskState
 from durable.store import SpoolOffsets, Store, is_valid_id_prefix, resolve_prefix
 from durable.writer import GroupCommitWriter
 
@@ -239,6 +241,19 @@ class PersistenceManager:
         async with self.engine.connect() as conn:
             count, total = (await conn.execute(statement)).one()
         return int(count), int(total)
+
+    async def unfinished_tasks(self) -> list[TaskRef]:
+        terminal = [state.value for state in TERMINAL_STATES]
+        statement = (
+            select(tasks.c.id, tasks.c.kind, tasks.c.state, tasks.c.owner)
+            .where(tasks.c.state.not_in(terminal))
+            .order_by(tasks.c.created_at)
+        )
+        return [TaskRef(r["id"], r["kind"], r["state"], r["owner"])
+                for r in await self._fetch(statement)]
+
+    async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:
+        await self.writer.submit(FailCorrupt(task_id, found_state, reason))
 
     async def get_process(self, task_id: str) -> ProcessHandle | None:
         statement = select(process_handles).where(process_handles.c.task_id == task_id)

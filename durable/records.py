@@ -87,6 +87,16 @@ class TaskRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRef:
+    """The few columns recovery scans, read raw so one corrupt row cannot stop the scan."""
+
+    id: str
+    kind: str
+    state: str
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """One row of ``task_states``: a committed state change."""
 

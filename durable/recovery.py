@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-from durable.records import TaskRecord
+from durable.records import TaskRecord, TaskRef
 from durable.states import TaskState
 from durable.store import Store
-
-UNFINISHED_STATES = frozenset(
-    {TaskState.CREATED, TaskState.RUNNING, TaskState.IDLE, TaskState.RECOVERING}
-)
 
 LIVE_OWNERS: set[str] = set()
 """Owner ids of the orchestrators open in this process."""
@@ -53,8 +50,31 @@ def _is_zombie(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
-async def find_orphans(store: Store) -> list[TaskRecord]:
-    """Unfinished tasks whose owner is gone, oldest first (queued, unowned tasks excluded)."""
-    rows = await store.list_tasks(states=UNFINISHED_STATES)
-    orphans = [r for r in rows if r.owner is not None and owner_is_gone(r.owner)]
-    return sorted(orphans, key=lambda r: r.created_at)
+@dataclass(frozen=True, slots=True)
+class Orphans:
+    """What a scan found: readable orphaned tasks, and rows too corrupt to read."""
+
+    tasks: list[TaskRecord]
+    corrupt: list[tuple[TaskRef, str]]
+
+
+async def find_orphans(store: Store) -> Orphans:
+    """Unfinished tasks whose owner is gone, oldest first (queued, unowned tasks excluded).
+
+    Rows are read one at a time, so a corrupt one (bad JSON, unknown state) is reported
+    with its problem instead of stopping the scan.
+    """
+    tasks, corrupt = [], []
+    known_states = {state.value for state in TaskState}
+    for ref in await store.unfinished_tasks():
+        if ref.owner is None and ref.state == TaskState.CREATED.value:
+            continue  # queued: a worker claims it
+        if ref.owner is not None and not owner_is_gone(ref.owner):
+            continue
+        try:
+            if ref.state not in known_states:
+                raise ValueError(f"unknown state {ref.state!r}")
+            tasks.append(await store.get_task(ref.id))
+        except (ValueError, KeyError, TypeError) as exc:
+            corrupt.append((ref, str(exc)))
+    return Orphans(tasks, corrupt)

@@ -176,7 +176,26 @@ class SaveStep:
         )
 
 
-WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask | SaveStep | SaveProcess
+@dataclass(frozen=True, slots=True)
+class FailCorrupt:
+    task_id: str
+    found_state: str
+    reason: str
+
+    def apply(self, cur: sqlite3.Cursor) -> None:
+        now = time.time()
+        row = cur.execute(
+            "UPDATE tasks SET state = 'FAILED', updated_at = ?, finished_at = ?, error = ?"
+            " WHERE id = ? AND state = ? RETURNING attempt",
+            (now, now, self.reason, self.task_id, self.found_state),
+        ).fetchone()
+        if row is None:
+            raise StateConflict(self.task_id, self.found_state, None)
+        cur.execute(_INSERT_HISTORY, (self.task_id, None, TaskState.FAILED.value, now,
+                                      self.reason, None, row[0]))
+
+
+WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask | SaveStep | SaveProcess | FailCorrupt
 
 
 def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:

@@ -22,6 +22,7 @@ from durable.records import (
     StepCheckpoint,
     Stream,
     TaskRecord,
+    TaskRef,
     Transition,
 )
 from durable.states import TaskState
@@ -107,6 +108,13 @@ class Store(Protocol):
 
     async def load_steps(self, task_id: str) -> list[StepCheckpoint]:
         """Every checkpoint of one workflow task, in ``seq`` order."""
+
+    async def unfinished_tasks(self) -> list[TaskRef]:
+        """Every task not in a terminal state (unknown state values included), oldest first."""
+
+    async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:
+        """End a task whose stored state cannot be read: FAILED, guarded by the raw state
+        found, with a history row whose ``from_state`` is empty and ``reason`` says why."""
 
     async def save_process(self, handle: ProcessHandle) -> None:
         """Record (or replace) the process handle of a command task."""

@@ -59,7 +59,12 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
     """Take over every orphaned task (or just task ``only``); returns the handles of the
     tasks resumed here."""
     handles = []
-    for record in await find_orphans(orch.store):
+    orphans = await find_orphans(orch.store)
+    for ref, problem in orphans.corrupt:
+        if only is None or ref.id == only:
+            with contextlib.suppress(StateConflict):
+                await orch.store.fail_corrupt(ref.id, ref.state, f"corrupt state: {problem}")
+    for record in orphans.tasks:
         if only is not None and record.id != only:
             continue
         taken = await _take_over(orch, record)
