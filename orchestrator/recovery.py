@@ -32,12 +32,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
+
 from durable.exceptions import StateConflict
 from durable.records import TaskKind, TaskRecord
 from durable.recovery import find_orphans
 from durable.states import TaskState
 from orchestrator.options import RunOptions
-from orchestrator.process import ShimProcess, current_boot_id, run_dir_for
+from orchestrator.process import LAUNCH_TIMEOUT, ShimProcess, current_boot_id, run_dir_for
 from orchestrator.shim import proc_start_time
 from orchestrator.task import OneshotTask, Reattachment
 
@@ -137,6 +139,8 @@ async def _inspect(orch: AsyncOrchestrator, record: TaskRecord) -> Evidence:
                else run_dir_for(orch.capture_options.spool_dir, record.id, record.attempt))
     offsets = (handle.stdout_offset, handle.stderr_offset) if handle is not None else (0, 0)
     child = ShimProcess.attach(run_dir, offsets)
+    if child is None and await _launch_in_progress(run_dir):
+        child = ShimProcess.attach(run_dir, offsets)
     if child is None:
         return _never_started(run_dir)
     if child.started.get("boot_id") != current_boot_id():
@@ -149,6 +153,21 @@ async def _inspect(orch: AsyncOrchestrator, record: TaskRecord) -> Evidence:
     if _kill_verified(child.pid, child.started.get("pid_start")):
         return Evidence("lost", "its shim died; the orphaned command was killed", child)
     return Evidence("lost", "its process vanished without an exit status", child)
+
+
+async def _launch_in_progress(run_dir: Path) -> bool:
+    """Wait while a shim may still be starting (its spec is fresh and nothing says it failed):
+    a launch the dead orchestrator began must not be run a second time."""
+    spec = run_dir / "spec.json"
+    try:
+        deadline = spec.stat().st_mtime + LAUNCH_TIMEOUT
+    except OSError:
+        return False
+    while time.time() < deadline:
+        if (run_dir / "started.json").exists() or (run_dir / "exit.json").exists():
+            return True
+        await anyio.sleep(0.05)
+    return (run_dir / "started.json").exists()
 
 
 def _never_started(run_dir: Path) -> Evidence:
