@@ -35,8 +35,10 @@ def scratch_dir(name: str) -> Iterator[Path]:
 
 
 def remove_db(path: Path) -> None:
+    """A database file, its WAL, and the shim spool directory Oneshot keeps beside it."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(f"{path}-runs", ignore_errors=True)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:

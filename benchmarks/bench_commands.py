@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/bench_commands.py [--quick] [--synchronous FULL]
 
-"On" stores everything in a SQLite file (every transition committed before the task goes on);
-"off" uses the in-memory store. Both run in this process, alternating which goes first, for two
-shapes: sequential (``await orch.run`` one after another) and concurrent (submit all N, limit 8,
-then await every result). Timed from the first submit to the last result, with the store open
-(opening and migrating the database is reported separately, not included).
+"On" stores everything in a SQLite file (every transition committed before the task goes on)
+and spools output beside it, on disk; "off" uses the in-memory store and a RAM-backed spool
+(/dev/shm). Every command runs under the shim in both modes. Both run in this process,
+alternating which goes first, for two shapes: sequential (``await orch.run`` one after
+another) and concurrent (submit all N, limit 8, then await every result). Timed from the first
+submit to the last result, with the store open (opening and migrating the database is reported
+separately, not included).
 
 Target: on/off wall-time ratio <= 1.15.
 """

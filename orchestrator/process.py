@@ -33,7 +33,8 @@ from orchestrator.shim import boot_id, proc_start_time, write_json_atomic
 
 SHIM_PATH = Path(__file__).with_name("shim.py")
 LAUNCH_TIMEOUT = 10.0
-TAIL_INTERVAL = 0.05
+TAIL_INTERVALS = (0.002, 0.05)
+"""Polling of the spool files backs off from the first to the second while nothing comes."""
 READ_SIZE = 1 << 20
 SPOOL_FILES = {Stream.STDOUT: "stdout.log", Stream.STDERR: "stderr.log"}
 
@@ -136,6 +137,7 @@ class ShimProcess:
                 fds[stream] = os.open(self.run_dir / name, os.O_RDONLY | os.O_CREAT, 0o600)
                 size = os.fstat(fds[stream]).st_size
                 self.offsets[stream] = min(self.offsets[stream], size)  # page cache lost
+            interval = TAIL_INTERVALS[0]
             while True:
                 finished = self.finished()
                 progressed = False
@@ -145,10 +147,13 @@ class ShimProcess:
                         self.offsets[stream] += len(data)
                         progressed = True
                         yield stream, data
-                if not progressed:
-                    if finished:
-                        return
-                    await anyio.sleep(TAIL_INTERVAL)
+                if progressed:
+                    interval = TAIL_INTERVALS[0]
+                elif finished:
+                    return
+                else:
+                    await anyio.sleep(interval)
+                    interval = min(interval * 2, TAIL_INTERVALS[1])
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -176,11 +181,22 @@ class ShimProcess:
         finally:
             os.close(pidfd)
 
-    def remove_spool(self) -> None:
-        """Drop the run directory once everything in it is committed to the database."""
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.run_dir.parent.rmdir()  # the task's directory, if no other attempt is left
+    async def remove_spool(self) -> None:
+        """Drop the run directory once everything in it is committed to the database (in a
+        worker thread: on a busy disk, unlinking waits behind journal commits)."""
+        await anyio.to_thread.run_sync(_remove_run_dir, self.run_dir)
+
+
+def _remove_run_dir(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # the task's directory, if no other attempt is left
+
+
+def _prepare_run_dir(run_dir: Path, spec: dict[str, Any]) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)  # a launch that never started, retried
+    run_dir.mkdir(parents=True, mode=0o700)
+    write_json_atomic(str(run_dir), "spec.json", spec)
 
 
 def _await_sync(read_fd: int, launcher: subprocess.Popen[bytes]) -> bytes:
@@ -216,11 +232,9 @@ async def spawn(
         raise CommandNotFound(program, "command not found")
     if cwd and not os.path.isdir(cwd):
         raise CommandNotFound(program, "working directory not found")
-    shutil.rmtree(run_dir, ignore_errors=True)  # a launch that never started, retried
-    run_dir.mkdir(parents=True, mode=0o700)
     spec = {"schema": 1, "attempt_id": attempt_id, "argv": argv, "cwd": cwd,
             "env": dict(env) if env is not None else None, **limits.as_spec()}
-    write_json_atomic(str(run_dir), "spec.json", spec)
+    await anyio.to_thread.run_sync(_prepare_run_dir, run_dir, spec)
     read_fd, write_fd = os.pipe()
     try:
         with open(run_dir / "shim.err", "wb") as shim_err:

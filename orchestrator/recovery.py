@@ -36,7 +36,7 @@ import anyio
 
 from durable.exceptions import StateConflict
 from durable.records import TaskKind, TaskRecord
-from durable.recovery import find_orphans
+from durable.recovery import _is_zombie, find_orphans
 from durable.states import TaskState
 from orchestrator.options import RunOptions
 from orchestrator.process import LAUNCH_TIMEOUT, ShimProcess, current_boot_id, run_dir_for
@@ -187,6 +187,8 @@ def _kill_verified(pid: int, start_time: int | None) -> bool:
     try:
         if start_time is None or proc_start_time(pid) != start_time:
             return False  # the pid now belongs to someone else: never signal it
+        if _is_zombie(pid):
+            return False  # already dead, only not reaped yet: nothing was killed
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # the command leads its own group
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)

@@ -49,20 +49,29 @@ def boot_id() -> str:
         return f.read().strip()
 
 
-def write_json_atomic(directory: str, name: str, data: dict[str, Any]) -> None:
+def write_json_atomic(directory: str, name: str, data: dict[str, Any], *,
+                      durable: bool = False) -> None:
+    """Write ``name`` so readers see all of it or nothing (temporary file, then rename).
+
+    ``durable`` also fsyncs the file and the directory, so it survives a power loss. Only the
+    exit file needs that: the spec and the start record matter while the shim lives, and a
+    power loss ends the shim (recovery then sees a new boot id).
+    """
     tmp = os.path.join(directory, f".{name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, json.dumps(data).encode())
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, os.path.join(directory, name))
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if durable:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 class Limits:
@@ -240,7 +249,7 @@ class Shim:
                 sync_fd: int | None = None) -> None:
         record = {"schema": SCHEMA, "attempt_id": self.attempt, "exit_code": code,
                   "reason": reason, "error": error, "finished_at": time.time()}
-        write_json_atomic(self.run_dir, "exit.json", record)
+        write_json_atomic(self.run_dir, "exit.json", record, durable=True)
         if sync_fd is not None:
             self._sync(sync_fd, record)
 

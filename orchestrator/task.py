@@ -113,6 +113,10 @@ class OneshotTask:
             r = self.reattachment
             return await self.reattach(r.child, r.next_seq, r.reason)
         await self.machine.transition(TaskState.RUNNING, "starting", started_at=time.time())
+        if self.record.attempt > 1:  # a restart: earlier attempts' output stays stored
+            last = await self.store.read_logs(self.id, tail=1)
+            if last:
+                self.capture = self._new_capture(last[0].seq + 1, (0, 0))
         run_dir = run_dir_for(self.options.spool_dir, self.id, self.record.attempt)
         try:
             child = await spawn(list(self.record.argv or []), run_dir=run_dir,
@@ -172,7 +176,7 @@ class OneshotTask:
             await self.machine.transition(state, reason, exit_code=info.code, finished_at=now,
                                           error=info.reason)
             result = TaskResult(self.id, state, info.code, info.reason)
-        child.remove_spool()
+        await child.remove_spool()
         return result
 
     async def settle_interrupted(self, exit_code: int | None = None) -> TaskResult:

@@ -1,0 +1,389 @@
+"""Shared helpers of the command crash tests: a database site, CLI processes, identities.
+
+Every process a test starts gets ``ONESHOT_TEST_TOKEN=<uuid>`` in its environment; shims and
+commands inherit it, so a scan of ``/proc/*/environ`` finds whatever a test leaves behind.
+Processes are killed only through verified identities (pid and start time, via a pidfd).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from config import load_settings
+from durable.persistence import store_from_settings
+from durable.records import (
+    LogFragment,
+    NewTask,
+    ProcessHandle,
+    Stream,
+    TaskKind,
+    TaskRecord,
+    Transition,
+)
+from durable.states import TaskState
+from orchestrator.options import RunOptions
+from orchestrator.orchestrator import new_task_id
+
+TIMEOUT = 30.0
+TASK_ID = re.compile(rb"oneshot: task ([0-9a-f]{32})")
+
+PATTERN_SCRIPT = r"""
+import os, sys, time
+side, code, count, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+with open(side, "a") as f:
+    f.write(f"{os.getpid()} {os.getpgid(0)}\n")
+for i in range(count):
+    sys.stdout.buffer.write(b"out %03d " % i + bytes(range(i % 5 * 50, i % 5 * 50 + 7)) + b"\n")
+    sys.stdout.flush()
+    if i % 3 == 0:
+        sys.stderr.buffer.write(b"err %03d \xff\xfe\n" % i)
+        sys.stderr.flush()
+    time.sleep(pause)
+sys.exit(code)
+"""
+"""A task printing a known byte pattern (binary bytes included) to both streams, recording
+its pid and pgid in a side file, then exiting with a chosen code."""
+
+
+def pattern(count: int) -> tuple[bytes, bytes]:
+    """The stdout and stderr bytes PATTERN_SCRIPT prints for ``count`` lines."""
+    out = b"".join(b"out %03d " % i + bytes(range(i % 5 * 50, i % 5 * 50 + 7)) + b"\n"
+                   for i in range(count))
+    err = b"".join(b"err %03d \xff\xfe\n" % i for i in range(count) if i % 3 == 0)
+    return out, err
+
+
+def pattern_command(side: Path, code: int, count: int, pause: float) -> list[str]:
+    return [sys.executable, "-c", PATTERN_SCRIPT, str(side), str(code), str(count), str(pause)]
+
+
+def oneshot_script() -> str:
+    beside = Path(sys.executable).parent / "oneshot"
+    found = str(beside) if beside.exists() else shutil.which("oneshot")
+    assert found, "the oneshot console script is not installed"
+    return found
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+# Identities ------------------------------------------------------------------------------
+
+def start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat; None if the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat.rpartition(b")")[2].split()[19])
+
+
+def alive(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` runs (not a zombie), and is the process started at ``start`` if given."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    fields = stat.rpartition(b")")[2].split()
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return start is None or int(fields[19]) == start
+
+
+def kill_verified(pid: int, start: int | None, *, group: bool = False) -> bool:
+    """SIGKILL ``pid`` (and its group) only if it is still the process started at ``start``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if start is None or start_time(pid) != start:
+            return False
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def processes_with_token(token: str) -> list[int]:
+    """Live pids whose environment holds ONESHOT_TEST_TOKEN=token."""
+    needle = f"ONESHOT_TEST_TOKEN={token}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def reap_token(token: str, settle: float = 3.0) -> list[int]:
+    """Wait up to ``settle`` s for the token's processes to end; SIGKILL and return any left."""
+    deadline = time.monotonic() + settle
+    while (left := processes_with_token(token)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:
+        kill_verified(pid, start_time(pid))
+    return left
+
+
+# A database and the CLI processes working on it ----------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """An ``oneshot run`` process and where its stderr goes."""
+
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+
+
+class Site:
+    """One SQLite database in ``root`` and every CLI process started on it."""
+
+    def __init__(self, root: Path, token: str | None = None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db = root / "oneshot.db"
+        self.spool = root / "oneshot.db-runs"
+        self.token = token or uuid.uuid4().hex
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.read_history("0" * 32)  # creates and migrates the database before children race
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
+        env.update(ONESHOT_DATABASE__URL=str(self.db), ONESHOT_TEST_TOKEN=self.token)
+        env.update(extra)
+        return env
+
+    def start_run(self, command: list[str], *options: str, **extra_env: str) -> Run:
+        """Start ``oneshot run [options] -- command`` (output discarded, stderr to a file)."""
+        stderr = self.root / f"run-{uuid.uuid4().hex[:8]}.err"
+        with open(stderr, "wb") as err:
+            proc = subprocess.Popen([oneshot_script(), "run", *options, "--", *command],
+                                    cwd=self.root, env=self.env(**extra_env),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err)
+        self.procs.append(proc)
+        return Run(proc, stderr)
+
+    def start_cli(self, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([oneshot_script(), *args], cwd=self.root,
+                                env=self.env(**extra_env), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, *args: str, timeout: float = TIMEOUT, **extra_env: str
+            ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([oneshot_script(), *args], cwd=self.root,
+                              env=self.env(**extra_env), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout, check=False)
+
+    def recover(self, **extra_env: str) -> subprocess.CompletedProcess[bytes]:
+        done = self.cli("recover", **extra_env)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+        return done
+
+    def logs(self, task_id: str, stream: str) -> bytes:
+        done = self.cli("logs", task_id, "--raw", "--stream", stream)
+        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        return done.stdout
+
+    def task_id(self, run: Run) -> str:
+        """The id `oneshot run` printed on stderr."""
+        def printed() -> str | None:
+            match = TASK_ID.search(run.stderr.read_bytes())
+            return match.group(1).decode() if match else None
+        return str(wait_for(printed, "the task id"))
+
+    # Raw reads: cheap enough to poll, and they work on rows too corrupt for the store.
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if not self.db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(self.db, timeout=TIMEOUT)) as db:
+            return db.execute(sql, params).fetchall()
+
+    def execute(self, sql: str, *params: Any) -> None:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=TIMEOUT)) as db, db:
+            db.execute(sql, params)
+
+    def state(self, task_id: str) -> str | None:
+        rows = self.query("SELECT state FROM tasks WHERE id = ?", task_id)
+        return rows[0][0] if rows else None
+
+    def handle_row(self, task_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT run_dir, attempt FROM process_handles WHERE task_id = ?",
+                          task_id)
+        return {"run_dir": rows[0][0], "attempt": rows[0][1]} if rows else None
+
+    def running_with_handle(self, task_id: str, attempt: int = 1) -> bool:
+        handle = self.handle_row(task_id)
+        return (self.state(task_id) == "RUNNING" and handle is not None
+                and handle["attempt"] == attempt)
+
+    def started(self, task_id: str) -> dict[str, Any]:
+        """The ``started.json`` of the task's current shim."""
+        handle = self.handle_row(task_id)
+        assert handle is not None, f"task {task_id} has no process handle"
+        data: dict[str, Any] = json.loads((Path(handle["run_dir"]) / "started.json").read_text())
+        return data
+
+    # Typed reads through the store, for the assertions.
+    def _read(self, task_id: str) -> tuple[TaskRecord, list[Transition], ProcessHandle | None]:
+        async def read() -> tuple[TaskRecord, list[Transition], ProcessHandle | None]:
+            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
+            await store.open()
+            try:
+                return (await store.get_task(task_id), await store.history(task_id),
+                        await store.get_process(task_id))
+            finally:
+                await store.close()
+        return anyio.run(read)
+
+    def read_task(self, task_id: str) -> tuple[TaskRecord, list[Transition]]:
+        record, history, _ = self._read(task_id)
+        return record, history
+
+    def read_handle(self, task_id: str) -> ProcessHandle | None:
+        return self._read(task_id)[2]
+
+    def read_history(self, task_id: str) -> list[tuple[str | None, str, str | None]]:
+        async def read() -> list[Transition]:
+            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
+            await store.open()
+            try:
+                return await store.history(task_id)
+            finally:
+                await store.close()
+        return [(t.from_state, t.to_state, t.reason) for t in anyio.run(read)]
+
+    # Crashes.
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a process we started, and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+
+    def orphan_runs(self, commands: dict[str, tuple[list[str], list[str]]],
+                    **extra_env: str) -> dict[str, str]:
+        """One `oneshot run [options] -- command` per entry (name -> (command, options)), all
+        at once, each SIGKILLed once its command runs; returns name -> task id."""
+        runs = {name: self.start_run(command, *options, **extra_env)
+                for name, (command, options) in commands.items()}
+        ids = {name: self.task_id(run) for name, run in runs.items()}
+        for name, run in runs.items():
+            wait_for(lambda i=ids[name]: self.running_with_handle(i), f"{name} to run")
+            self.kill(run.proc)
+        return ids
+
+    def orphan_all(self, commands: dict[str, tuple[list[str], RunOptions]],
+                   **extra_env: str) -> dict[str, str]:
+        """Queue one task per entry (name -> (command, options)), let one `oneshot worker` start
+        them all, and SIGKILL it once every command runs; returns name -> task id."""
+        ids = self.queue(commands)
+        worker = self.start_cli("worker", ONESHOT_CONCURRENCY=str(len(ids) + 1), **extra_env)
+        for name, task_id in ids.items():
+            wait_for(lambda i=task_id: self.running_with_handle(i), f"{name} to run")
+        self.kill(worker)
+        return ids
+
+    def queue(self, commands: dict[str, tuple[list[str], RunOptions]]) -> dict[str, str]:
+        """Queue command tasks for a worker, as `oneshot run --detach` does."""
+        async def queue() -> dict[str, str]:
+            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
+            await store.open()
+            try:
+                ids = {}
+                for name, (argv, options) in commands.items():
+                    task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name,
+                                   argv=argv, cwd=str(self.root), options=options.to_json())
+                    ids[name] = (await store.create_task(task, reason="queued")).id
+                return ids
+            finally:
+                await store.close()
+        return anyio.run(queue)
+
+    def stored_logs(self, task_id: str) -> tuple[bytes, bytes]:
+        """Every stored stdout and stderr byte of a task (read in-process: cheaper than the
+        CLI where the CLI is not what a test is about)."""
+        async def read() -> list[LogFragment]:
+            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
+            await store.open()
+            try:
+                return await store.read_logs(task_id)
+            finally:
+                await store.close()
+        fragments = anyio.run(read)
+        return (b"".join(f.data for f in fragments if f.stream is Stream.STDOUT),
+                b"".join(f.data for f in fragments if f.stream is Stream.STDERR))
+
+    def lose(self, task_id: str) -> dict[str, Any]:
+        """Kill a task's shim, then its command, through their verified identities (the shim
+        first: killed later, it would record the command's death as an exit)."""
+        started = self.started(task_id)
+        assert kill_verified(started["shim_pid"], started["shim_start"])
+        wait_for(lambda: not alive(started["shim_pid"]), "the shim to die")
+        assert kill_verified(started["pid"], started["pid_start"], group=True)
+        wait_for(lambda: not alive(started["pid"]), "the command to die")
+        return started
+
+    def close(self) -> list[int]:
+        """Kill and reap every process started here; returns the leaked pids it killed."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                self.kill(proc)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        return reap_token(self.token)
+
+
+@contextlib.contextmanager
+def site_at(root: Path) -> Iterator[Site]:
+    """A Site whose processes are all gone afterwards; fails the test if any leaked."""
+    site = Site(root)
+    try:
+        yield site
+    except BaseException:
+        site.close()
+        raise
+    leaked = site.close()
+    assert not leaked, f"processes left behind: {leaked}"
+
+
+def terminal(state: str | None) -> bool:
+    return state in {s.value for s in TaskState if s.is_terminal}
