@@ -82,7 +82,9 @@ async def run_oneshot(db: Path, workflows: int, steps: int) -> float:
     })
     async with AsyncOrchestrator(settings) as orch:
         started = time.perf_counter()
-        handles = [await orch.start(oneshot_steps, steps) for _ in range(workflows)]
+        # Started together (as concurrent callers would), on both sides.
+        handles = await asyncio.gather(
+            *(orch.start(oneshot_steps, steps) for _ in range(workflows)))
         results = await asyncio.gather(*(handle.result() for handle in handles))
         elapsed = time.perf_counter() - started
     check(results, steps)
@@ -113,7 +115,8 @@ async def run_dbos(db: Path, workflows: int, steps: int) -> float:
         DBOS.launch()
         check_dbos_pragmas()
         started = time.perf_counter()
-        handles = [await DBOS.start_workflow_async(dbos_steps, steps) for _ in range(workflows)]
+        handles = await asyncio.gather(
+            *(DBOS.start_workflow_async(dbos_steps, steps) for _ in range(workflows)))
         results = await asyncio.gather(*(handle.get_result() for handle in handles))
         elapsed = time.perf_counter() - started
     finally:

@@ -161,7 +161,7 @@ class MemoryStore:
 
     async def unfinished_tasks(self) -> list[TaskRef]:
         rows = sorted(self._tasks.values(), key=lambda r: r.created_at)
-        return [TaskRef(r.id, r.kind, r.state.value, r.owner) for r in rows
+        return [TaskRef(r.id, r.kind, r.state.value, r.owner, record=r) for r in rows
                 if not r.state.is_terminal]
 
     async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:

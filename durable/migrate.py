@@ -12,11 +12,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -24,7 +21,23 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 import migrations
 from durable.exceptions import DatabaseUnavailable, StoreError
 
-__all__ = ["SchemaCheck", "check", "current_revision", "downgrade", "head_revision", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = [
+    "HEAD",
+    "SchemaCheck",
+    "check",
+    "current_revision",
+    "downgrade",
+    "ensure_head",
+    "head_revision",
+    "upgrade",
+]
+
+HEAD = "0002"
+"""The newest revision in ``migrations/versions`` (a test keeps the two equal). Known without
+importing alembic, so opening an up-to-date store costs one query, not alembic's start-up."""
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -60,6 +73,8 @@ class SchemaCheck:
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     # Config values go through ConfigParser interpolation: a '%' in the path must be doubled.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -69,7 +84,9 @@ def _config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest revision shipped with this version of Oneshot."""
+    """The newest revision shipped with this version of Oneshot, as alembic finds it."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships revisions
         raise StoreError(f"no alembic revisions found in {MIGRATIONS_DIR}")
@@ -78,12 +95,32 @@ def head_revision() -> str:
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Migrate the database up to ``revision`` (default: the newest), in one transaction."""
+    from alembic import command
+
     await _run_command(engine, command.upgrade, revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Migrate the database down to ``revision`` (``"base"``: drop everything)."""
+    from alembic import command
+
     await _run_command(engine, command.downgrade, revision)
+
+
+async def ensure_head(engine: AsyncEngine) -> None:
+    """Upgrade to the newest revision unless the database is already there (one query)."""
+    with _store_errors(engine):
+        async with engine.connect() as conn:
+            try:
+                found = (await conn.exec_driver_sql(
+                    "SELECT version_num FROM alembic_version")).scalars().all()
+            except DBAPIError as exc:
+                if isinstance(exc.orig, sqlite3.DatabaseError) and getattr(
+                        exc.orig, "sqlite_errorname", None) in _UNUSABLE_FILE:
+                    raise
+                found = []  # no version table yet: a new database
+    if found != [HEAD]:
+        await upgrade(engine)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
@@ -109,6 +146,8 @@ async def check(engine: AsyncEngine) -> SchemaCheck:
 
 
 def _current(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(conn).get_current_revision()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -53,7 +54,13 @@ from durable.sqlite_writes import (
     apply_batch,
 )
 from durable.states import TERMINAL_STATES, TaskState
-from durable.store import SpoolOffsets, Store, is_valid_id_prefix, resolve_prefix
+from durable.store import (
+    TASK_ID_LENGTH,
+    SpoolOffsets,
+    Store,
+    is_valid_id_prefix,
+    resolve_prefix,
+)
 from durable.writer import GroupCommitWriter
 
 if TYPE_CHECKING:
@@ -114,7 +121,7 @@ class PersistenceManager:
     async def _ensure_schema(self, engine: AsyncEngine) -> None:
         try:
             if self._auto_upgrade:
-                await migrate.upgrade(engine)
+                await migrate.ensure_head(engine)
                 return
             current = await migrate.current_revision(engine)
         except DBAPIError as exc:
@@ -191,7 +198,11 @@ class PersistenceManager:
     async def get_task(self, task_id: str) -> TaskRecord:
         if not is_valid_id_prefix(task_id):
             raise TaskNotFound(task_id)
-        statement = select(tasks).where(tasks.c.id.startswith(task_id, autoescape=True)).limit(2)
+        if len(task_id) == TASK_ID_LENGTH:
+            statement = select(tasks).where(tasks.c.id == task_id)
+        else:  # a prefix, as a range on the primary key (LIKE would scan the table)
+            statement = (select(tasks)
+                         .where(tasks.c.id >= task_id, tasks.c.id < task_id + "g").limit(2))
         rows = {row["id"]: row for row in await self._fetch(statement)}
         return task_from_row(rows[resolve_prefix(task_id, list(rows))])
 
@@ -245,12 +256,9 @@ class PersistenceManager:
     async def unfinished_tasks(self) -> list[TaskRef]:
         terminal = [state.value for state in TERMINAL_STATES]
         statement = (
-            select(tasks.c.id, tasks.c.kind, tasks.c.state, tasks.c.owner)
-            .where(tasks.c.state.not_in(terminal))
-            .order_by(tasks.c.created_at)
+            select(tasks).where(tasks.c.state.not_in(terminal)).order_by(tasks.c.created_at)
         )
-        return [TaskRef(r["id"], r["kind"], r["state"], r["owner"])
-                for r in await self._fetch(statement)]
+        return [_task_ref(row) for row in await self._fetch(statement)]
 
     async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:
         await self.writer.submit(FailCorrupt(task_id, found_state, reason))
@@ -267,6 +275,14 @@ class PersistenceManager:
             .order_by(step_checkpoints.c.seq)
         )
         return [step_from_row(row) for row in await self._fetch(statement)]
+
+
+def _task_ref(row: Mapping[str, Any]) -> TaskRef:
+    ref = TaskRef(row["id"], row["kind"], row["state"], row["owner"])
+    try:
+        return replace(ref, record=task_from_row(row))
+    except (ValueError, KeyError, TypeError) as exc:
+        return replace(ref, problem=str(exc))
 
 
 def store_from_settings(settings: OneshotSettings) -> Store:

@@ -88,12 +88,15 @@ class TaskRecord:
 
 @dataclass(frozen=True, slots=True)
 class TaskRef:
-    """The few columns recovery scans, read raw so one corrupt row cannot stop the scan."""
+    """An unfinished task as recovery scans it: the raw columns it decides on, and the record
+    — or, for a row that cannot be read (bad JSON, unknown state), the problem."""
 
     id: str
     kind: str
     state: str
     owner: str | None
+    record: TaskRecord | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,20 +61,21 @@ class Orphans:
 async def find_orphans(store: Store) -> Orphans:
     """Unfinished tasks whose owner is gone, oldest first (queued, unowned tasks excluded).
 
-    Rows are read one at a time, so a corrupt one (bad JSON, unknown state) is reported
-    with its problem instead of stopping the scan.
+    One query; a row that cannot be read (bad JSON, unknown state) is reported with its
+    problem instead of stopping the scan.
     """
     tasks, corrupt = [], []
-    known_states = {state.value for state in TaskState}
+    gone: dict[str, bool] = {}
     for ref in await store.unfinished_tasks():
         if ref.owner is None and ref.state == TaskState.CREATED.value:
             continue  # queued: a worker claims it
-        if ref.owner is not None and not owner_is_gone(ref.owner):
-            continue
-        try:
-            if ref.state not in known_states:
-                raise ValueError(f"unknown state {ref.state!r}")
-            tasks.append(await store.get_task(ref.id))
-        except (ValueError, KeyError, TypeError) as exc:
-            corrupt.append((ref, str(exc)))
+        if ref.owner is not None:
+            if ref.owner not in gone:
+                gone[ref.owner] = owner_is_gone(ref.owner)
+            if not gone[ref.owner]:
+                continue
+        if ref.record is not None:
+            tasks.append(ref.record)
+        else:
+            corrupt.append((ref, ref.problem or "unreadable row"))
     return Orphans(tasks, corrupt)

@@ -86,12 +86,23 @@ class DurableStep(Generic[P, R]):
     async def _attempts(self, policy: RetryPolicy, args: tuple[Any, ...],
                         kwargs: dict[str, Any]
                         ) -> tuple[int, Any, Exception | None, Exception | None]:
-        """Run with retries: (attempts, value, final error or None, last retried error)."""
-        attempts, last_error = 0, None
+        """Run with retries: (attempts, value, final error or None, last retried error).
+
+        The first attempt runs directly (most steps succeed, and building a tenacity retrier
+        costs more than a trivial step); tenacity takes over only once it failed, starting from
+        that failure, so its stop and backoff count the first attempt.
+        """
+        try:
+            return 1, await self._invoke(args, kwargs), None, None
+        except Exception as exc:
+            first_error = exc
+        attempts, last_error = 0, first_error
         try:
             async for attempt in policy.retrying():
                 with attempt:
                     attempts += 1
+                    if attempts == 1:
+                        raise first_error
                     try:
                         value = await self._invoke(args, kwargs)
                     except Exception as exc:

@@ -132,6 +132,9 @@ def resolve_prefix(task_id: str, candidates: Sequence[str]) -> str:
     return task_id if task_id in candidates else candidates[0]
 
 
+TASK_ID_LENGTH = 32
+
+
 def is_valid_id_prefix(task_id: str) -> bool:
     """Task ids are lowercase hex; anything else cannot name a task (and is never put in SQL)."""
-    return 0 < len(task_id) <= 32 and all(c in "0123456789abcdef" for c in task_id)
+    return 0 < len(task_id) <= TASK_ID_LENGTH and all(c in "0123456789abcdef" for c in task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import shutil
@@ -226,14 +227,17 @@ class AsyncOrchestrator:
                 self.store, record, options=self.capture_options, env=env, tee=tee,
                 worker=self.worker_id, reattach=reattach))
         self._handles[record.id] = handle
-        self._group.start_soon(self._run_task, handle, name=f"task {record.id}")
+        # A reattached command is already running: following it takes no capacity.
+        limiter = self.limiter if reattach is None else contextlib.nullcontext()
+        self._group.start_soon(self._run_task, handle, limiter, name=f"task {record.id}")
         return handle
 
-    async def _run_task(self, handle: TaskHandle) -> None:
+    async def _run_task(self, handle: TaskHandle,
+                        limiter: anyio.CapacityLimiter | contextlib.nullcontext[None]) -> None:
         try:
             with anyio.CancelScope() as scope:
                 handle._cancel_scope = scope
-                async with self.limiter:
+                async with limiter:
                     handle._result = await handle._runner.run()
             if handle._result is None:  # cancelled, perhaps before it could start
                 with anyio.CancelScope(shield=True):

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from orchestrator.orchestrator import AsyncOrchestrator, TaskHandle
 
 
+RECOVERY_CONCURRENCY = 64
+"""Orphans decided at once: enough to share commits, few enough to bound open files."""
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """What recovery found for one command: ``verdict`` and the shim, if there is one."""
@@ -59,26 +63,32 @@ class Evidence:
 async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
                           ) -> list[TaskHandle]:
     """Take over every orphaned task (or just task ``only``); returns the handles of the
-    tasks resumed here."""
-    handles = []
+    tasks resumed here. Orphans are handled concurrently, so their commits are grouped."""
     orphans = await find_orphans(orch.store)
     for ref, problem in orphans.corrupt:
         if only is None or ref.id == only:
             with contextlib.suppress(StateConflict):
                 await orch.store.fail_corrupt(ref.id, ref.state, f"corrupt state: {problem}")
-    for record in orphans.tasks:
-        if only is not None and record.id != only:
-            continue
-        taken = await _take_over(orch, record)
-        if taken is None:
-            continue
-        try:
-            handle = await _recover_one(orch, taken)
-        except (ValueError, KeyError, TypeError) as exc:
-            await _end(orch, taken, TaskState.FAILED, f"corrupt state: {exc}")
-            continue
-        if handle is not None:
-            handles.append(handle)
+    handles: list[TaskHandle] = []
+    limiter = anyio.CapacityLimiter(RECOVERY_CONCURRENCY)
+
+    async def recover(record: TaskRecord) -> None:
+        async with limiter:
+            taken = await _take_over(orch, record)
+            if taken is None:
+                return
+            try:
+                handle = await _recover_one(orch, taken)
+            except (ValueError, KeyError, TypeError) as exc:
+                await _end(orch, taken, TaskState.FAILED, f"corrupt state: {exc}")
+                return
+            if handle is not None:
+                handles.append(handle)
+
+    async with anyio.create_task_group() as group:
+        for record in orphans.tasks:
+            if only is None or record.id == only:
+                group.start_soon(recover, record)
     return handles
 
 

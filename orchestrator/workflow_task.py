@@ -47,7 +47,7 @@ class WorkflowTask:
             return await self._fail(f"cannot resume: {exc}" if resuming else str(exc))
         reason = "resumed from checkpoints" if resuming else "started"
         await self.machine.transition(TaskState.RUNNING, reason, started_at=time.time())
-        steps = await self.store.load_steps(self.id)
+        steps = await self.store.load_steps(self.id) if resuming else []
         ctx = WorkflowContext(self.store, self.id, steps, self.default_retry)
         token = current_workflow.set(ctx)
         try:

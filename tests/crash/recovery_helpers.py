@@ -16,19 +16,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
 from config import load_settings
 from durable.persistence import store_from_settings
 from durable.records import (
-    LogFragment,
     NewTask,
     ProcessHandle,
     Stream,
@@ -37,17 +37,22 @@ from durable.records import (
     Transition,
 )
 from durable.states import TaskState
+from durable.store import Store
 from orchestrator.options import RunOptions
 from orchestrator.orchestrator import new_task_id
 
 TIMEOUT = 30.0
+T = TypeVar("T")
+_STORE_LOCK = threading.Lock()
 TASK_ID = re.compile(rb"oneshot: task ([0-9a-f]{32})")
 
 PATTERN_SCRIPT = r"""
 import os, sys, time
 side, code, count, pause = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+with open("/proc/self/stat", "rb") as stat:
+    start = int(stat.read().rpartition(b")")[2].split()[19])
 with open(side, "a") as f:
-    f.write(f"{os.getpid()} {os.getpgid(0)}\n")
+    f.write(f"{os.getpid()} {os.getpgid(0)} {start}\n")
 for i in range(count):
     sys.stdout.buffer.write(b"out %03d " % i + bytes(range(i % 5 * 50, i % 5 * 50 + 7)) + b"\n")
     sys.stdout.flush()
@@ -58,7 +63,7 @@ for i in range(count):
 sys.exit(code)
 """
 """A task printing a known byte pattern (binary bytes included) to both streams, recording
-its pid and pgid in a side file, then exiting with a chosen code."""
+its pid, pgid and start time in a side file, then exiting with a chosen code."""
 
 
 def pattern(count: int) -> tuple[bytes, bytes]:
@@ -180,7 +185,7 @@ class Site:
         self.spool = root / "oneshot.db-runs"
         self.token = token or uuid.uuid4().hex
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.read_history("0" * 32)  # creates and migrates the database before children race
+        self.with_store(lambda store: store.history("0" * 32))  # migrate before children race
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
@@ -214,7 +219,7 @@ class Site:
 
     def recover(self, **extra_env: str) -> subprocess.CompletedProcess[bytes]:
         done = self.cli("recover", **extra_env)
-        assert done.returncode == 0, done.stderr.decode(errors="replace")
+        assert done.returncode == 0, (done.returncode, done.stderr.decode(errors="replace"))
         assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
         return done
 
@@ -255,41 +260,38 @@ class Site:
         return (self.state(task_id) == "RUNNING" and handle is not None
                 and handle["attempt"] == attempt)
 
-    def started(self, task_id: str) -> dict[str, Any]:
-        """The ``started.json`` of the task's current shim."""
+    def run_dir(self, task_id: str) -> Path:
+        """The spool directory of the task's current shim, from its stored handle."""
         handle = self.handle_row(task_id)
         assert handle is not None, f"task {task_id} has no process handle"
-        data: dict[str, Any] = json.loads((Path(handle["run_dir"]) / "started.json").read_text())
+        return Path(handle["run_dir"])
+
+    def started(self, task_id: str) -> dict[str, Any]:
+        """The ``started.json`` of the task's current shim."""
+        data: dict[str, Any] = json.loads((self.run_dir(task_id) / "started.json").read_text())
         return data
 
     # Typed reads through the store, for the assertions.
-    def _read(self, task_id: str) -> tuple[TaskRecord, list[Transition], ProcessHandle | None]:
-        async def read() -> tuple[TaskRecord, list[Transition], ProcessHandle | None]:
+    def with_store(self, use: Callable[[Store], Awaitable[T]]) -> T:
+        """Run ``use`` on the opened store, in this thread (one thread at a time: opening
+        migrates, and alembic's context is process-global)."""
+        async def run() -> T:
             store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
             await store.open()
             try:
-                return (await store.get_task(task_id), await store.history(task_id),
-                        await store.get_process(task_id))
+                return await use(store)
             finally:
                 await store.close()
-        return anyio.run(read)
+        with _STORE_LOCK:
+            return anyio.run(run)
 
     def read_task(self, task_id: str) -> tuple[TaskRecord, list[Transition]]:
-        record, history, _ = self._read(task_id)
-        return record, history
+        async def read(store: Store) -> tuple[TaskRecord, list[Transition]]:
+            return await store.get_task(task_id), await store.history(task_id)
+        return self.with_store(read)
 
     def read_handle(self, task_id: str) -> ProcessHandle | None:
-        return self._read(task_id)[2]
-
-    def read_history(self, task_id: str) -> list[tuple[str | None, str, str | None]]:
-        async def read() -> list[Transition]:
-            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
-            await store.open()
-            try:
-                return await store.history(task_id)
-            finally:
-                await store.close()
-        return [(t.from_state, t.to_state, t.reason) for t in anyio.run(read)]
+        return self.with_store(lambda store: store.get_process(task_id))
 
     # Crashes.
     def kill(self, proc: subprocess.Popen[bytes]) -> None:
@@ -323,31 +325,19 @@ class Site:
 
     def queue(self, commands: dict[str, tuple[list[str], RunOptions]]) -> dict[str, str]:
         """Queue command tasks for a worker, as `oneshot run --detach` does."""
-        async def queue() -> dict[str, str]:
-            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
-            await store.open()
-            try:
-                ids = {}
-                for name, (argv, options) in commands.items():
-                    task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name,
-                                   argv=argv, cwd=str(self.root), options=options.to_json())
-                    ids[name] = (await store.create_task(task, reason="queued")).id
-                return ids
-            finally:
-                await store.close()
-        return anyio.run(queue)
+        async def queue(store: Store) -> dict[str, str]:
+            ids = {}
+            for name, (argv, options) in commands.items():
+                task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=argv,
+                               cwd=str(self.root), options=options.to_json())
+                ids[name] = (await store.create_task(task, reason="queued")).id
+            return ids
+        return self.with_store(queue)
 
     def stored_logs(self, task_id: str) -> tuple[bytes, bytes]:
         """Every stored stdout and stderr byte of a task (read in-process: cheaper than the
         CLI where the CLI is not what a test is about)."""
-        async def read() -> list[LogFragment]:
-            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
-            await store.open()
-            try:
-                return await store.read_logs(task_id)
-            finally:
-                await store.close()
-        fragments = anyio.run(read)
+        fragments = self.with_store(lambda store: store.read_logs(task_id))
         return (b"".join(f.data for f in fragments if f.stream is Stream.STDOUT),
                 b"".join(f.data for f in fragments if f.stream is Stream.STDERR))
 

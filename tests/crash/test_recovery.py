@@ -128,16 +128,14 @@ def test_restart_stops_at_the_recovery_attempt_limit(site: Site) -> None:
     assert len((site.root / "runs").read_text().split()) == 2
 
 
-def _point_at(site: Site, task_id: str, decoy: int) -> dict[str, object]:
+def _point_at(site: Site, task_id: str, decoy: int) -> None:
     """Make the stored handle and started.json name ``decoy`` with the old start times."""
     started = site.started(task_id)
     assert start_time(decoy) not in (started["pid_start"], started["shim_start"])
     started.update(pid=decoy, shim_pid=decoy, pgid=decoy)
-    run_dir = Path(site.handle_row(task_id)["run_dir"])  # type: ignore[index]
-    (run_dir / "started.json").write_text(json.dumps(started))
+    (site.run_dir(task_id) / "started.json").write_text(json.dumps(started))
     site.execute("UPDATE process_handles SET pid = ?, shim_pid = ?, pgid = ? WHERE task_id = ?",
                  decoy, decoy, decoy, task_id)
-    return started
 
 
 def test_reused_pid_is_neither_adopted_nor_signalled(site: Site) -> None:
@@ -244,7 +242,7 @@ def test_command_left_without_its_shim_is_killed_before_the_fallback(site: Site)
 
 def test_two_recoverers_never_recover_the_same_task(site: Site) -> None:
     """Two `oneshot recover` started together on one database: each orphan is taken over
-    once (one RECOVERING transition), runs once, and its output is stored once."""
+    once (one RECOVERING transition), a lost one is restarted once, all output stored once."""
     count = 15
     alive_ones = {f"alive{k}": (pattern_command(site.root / f"alive{k}.side", 0, count, 0.1),
                                 RunOptions()) for k in range(3)}
@@ -314,8 +312,8 @@ def test_timeout_is_enforced_while_no_orchestrator_runs(site: Site) -> None:
     limited = RunOptions(timeout=1, grace=1)
     task_id = site.orphan_all({"task": (["sleep", "30"], limited)})["task"]
     started = site.started(task_id)
-    run_dir = Path(site.handle_row(task_id)["run_dir"])  # type: ignore[index]
-    wait_for((run_dir / "exit.json").exists, "the shim to stop the command", timeout=10)
+    exit_file = site.run_dir(task_id) / "exit.json"
+    wait_for(exit_file.exists, "the shim to stop the command", timeout=10)
     assert not alive(started["pid"], started["pid_start"])
     assert site.state(task_id) == "RUNNING"  # nobody has looked yet
     site.recover()

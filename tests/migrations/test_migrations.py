@@ -252,3 +252,8 @@ def test_shipped_alembic_ini_runs_without_configuring_logging(tmp_path: Path) ->
         ]
     finally:
         conn.close()
+
+
+def test_head_constant_matches_the_shipped_revisions() -> None:
+    """durable.migrate.HEAD (the fast up-to-date check) names alembic's head revision."""
+    assert migrate.head_revision() == migrate.HEAD
