@@ -1,0 +1,134 @@
+"""The `oneshot` group and what its commands share: settings, errors, the store."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+from rich.console import Console
+
+from config import ConfigError, OneshotSettings, load_settings
+from durable.exceptions import OneshotError, TaskNotFound
+from durable.persistence import store_from_settings
+from durable.records import Stream, TaskRecord
+from durable.store import Store
+from durable.workflow import import_workflow_modules
+from orchestrator.orchestrator import AsyncOrchestrator
+
+T = TypeVar("T")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"oneshot: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body with anyio, turning Oneshot's errors into exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return anyio.run(functools.partial(fn, *args, **kwargs))
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        except OneshotError as exc:
+            fail(str(exc), 1)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+class Context:
+    def __init__(self, config_file: Path | None, database: str | None) -> None:
+        self.config_file = config_file
+        self.database = database
+
+    def settings(self, **overrides: Any) -> OneshotSettings:
+        try:
+            return load_settings(
+                config_file=self.config_file,
+                overrides={"database.url": self.database, **overrides},
+            )
+        except ConfigError as exc:
+            fail(str(exc), 2)
+            raise
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="TOML settings file (default: ./oneshot.toml, then the user config dir).")
+@click.option("--db", "database", metavar="URL",
+              help="Database URL or SQLite file path (overrides ONESHOT_DATABASE__URL).")
+@click.version_option(package_name="oneshot")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, database: str | None) -> None:
+    """Oneshot: run commands durably; every transition and output byte is recorded."""
+    ctx.obj = Context(config_file, database)
+
+
+async def open_store(settings: OneshotSettings) -> Store:
+    store = store_from_settings(settings)
+    await store.open()
+    return store
+
+
+async def find_task(store: Store, task_id: str) -> TaskRecord:
+    """A task by id, unique id prefix, or ``last`` (the newest task)."""
+    if task_id == "last":
+        newest = await store.list_tasks(limit=1)
+        if not newest:
+            raise TaskNotFound(task_id, "no tasks yet")
+        return newest[0]
+    return await store.get_task(task_id)
+
+
+def tee_output(stream: Stream, data: bytes) -> None:
+    out = sys.stdout.buffer if stream is Stream.STDOUT else sys.stderr.buffer
+    out.write(data)
+    out.flush()
+
+
+async def stop_on_signal(orch: AsyncOrchestrator, received: list[int],
+                          stop: anyio.Event | None = None) -> None:
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async for signum in signals:
+            received.append(signum)
+            orch.shutdown(f"interrupted by {signal.Signals(signum).name}")
+            if stop is not None:
+                stop.set()
+
+
+IMPORT_OPTION = click.option(
+    "--import", "modules", multiple=True, metavar="MODULE",
+    help="Import MODULE to register its workflows (repeatable; adds to "
+         "ONESHOT_WORKFLOWS__MODULES).")
+
+
+def import_workflows(settings: OneshotSettings, modules: tuple[str, ...]) -> None:
+    for module in [*settings.workflows.modules, *modules]:
+        try:
+            import_workflow_modules([module])
+        except ImportError as exc:
+            fail(f"cannot import workflow module {module!r}: {exc}", 2)
+
+
+def persistent_settings(obj: Context, what: str, **overrides: Any) -> OneshotSettings:
+    settings = obj.settings(**overrides)
+    if not settings.persistence.enabled:
+        fail(f"{what} needs persistence: it works on what is stored", 2)
+    return settings
+
+

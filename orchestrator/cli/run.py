@@ -1,0 +1,180 @@
+"""Commands that run tasks: run, cancel, worker, recover."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from durable.records import NewTask, TaskKind
+from durable.states import TaskState
+from orchestrator.cancel import cancel_task
+from orchestrator.cli.app import (
+    IMPORT_OPTION,
+    Context,
+    async_command,
+    cli,
+    err_console,
+    fail,
+    find_task,
+    import_workflows,
+    open_store,
+    pass_context,
+    persistent_settings,
+    stop_on_signal,
+    tee_output,
+)
+from orchestrator.options import OnLost, RunOptions
+from orchestrator.orchestrator import AsyncOrchestrator, new_task_id
+from orchestrator.task import TaskResult
+from orchestrator.worker import run_worker
+
+SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+class AdaptiveTimeout(click.ParamType[tuple[float, float, float], Any]):
+    name = "adaptive-timeout"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[float, float, float]:
+        try:
+            initial, extend, maximum = (float(part) for part in str(value).split(","))
+        except ValueError:
+            self.fail("expected INITIAL,EXTEND,MAX in seconds, e.g. 60,30,3600", param, ctx)
+        if not 0 < initial <= maximum or extend <= 0:
+            self.fail("need 0 < INITIAL <= MAX and EXTEND > 0", param, ctx)
+        return initial, extend, maximum
+
+
+@cli.command(context_settings={"ignore_unknown_options": True,
+                               "allow_interspersed_args": False})
+@click.option("--name", help="A name to find the task by.")
+@click.option("--no-persist", is_flag=True, help="Keep nothing: an in-memory store.")
+@click.option("--detach", is_flag=True, help="Queue the task for `oneshot worker`; return at once.")
+@click.option("--cwd", type=click.Path(file_okay=False), help="Working directory of the command.")
+@click.option("--timeout", type=SECONDS, help="Stop the command after this many seconds.")
+@click.option("--idle-timeout", type=SECONDS,
+              help="Stop the command after this many seconds without output.")
+@click.option("--adaptive-timeout", type=AdaptiveTimeout(), metavar="INITIAL,EXTEND,MAX",
+              help="Start with INITIAL seconds, extend to EXTEND past the latest output, "
+                   "never past MAX.")
+@click.option("--grace", type=SECONDS, default=5.0, show_default=True,
+              help="Seconds between SIGTERM and SIGKILL when the command is stopped.")
+@click.option("--on-lost", type=click.Choice(["interrupt", "restart", "fail"]),
+              help="If the process is lost (crash, reboot): what recovery does "
+                   "(default: ONESHOT_RECOVERY__MISSING_PROCESS). Use restart only for "
+                   "commands that are safe to repeat.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_context
+@async_command
+async def run(obj: Context, name: str | None, no_persist: bool, detach: bool, cwd: str | None,
+              timeout: float | None, idle_timeout: float | None,
+              adaptive_timeout: tuple[float, float, float] | None, grace: float,
+              on_lost: OnLost | None, command: tuple[str, ...]) -> None:
+    """Run CMD ARGS... (after --), streaming its output; exit with its exit code.
+
+    The command runs under a detached shim that survives this process: if Oneshot is killed,
+    `oneshot recover` (or a starting worker) reattaches to it. Timeouts are enforced by the
+    shim, so they hold while no orchestrator runs.
+    """
+    settings = obj.settings(**({"persistence.enabled": False} if no_persist else {}))
+    argv = list(command)
+    options = RunOptions(timeout, idle_timeout, adaptive_timeout, grace, on_lost)
+    if detach:
+        if not settings.persistence.enabled:
+            fail("--detach needs persistence: a worker can only run what is stored", 2)
+        store = await open_store(settings)
+        try:
+            task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=argv,
+                           cwd=str(Path(cwd or ".").resolve()), options=options.to_json())
+            await store.create_task(task, reason="queued (run --detach)")
+        finally:
+            await store.close()
+        err_console.print(f"oneshot: task {task.id} queued", highlight=False)
+        click.echo(task.id)
+        return
+    received: list[int] = []
+    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+        watchers.start_soon(stop_on_signal, orch, received)
+        handle = await orch.submit(argv, name=name, cwd=cwd, tee=tee_output, options=options)
+        err_console.print(f"oneshot: task {handle.id}", highlight=False)
+        result = await handle.result()
+        watchers.cancel_scope.cancel()
+    raise SystemExit(_run_exit_code(result, received))
+
+
+TIMED_OUT = 124
+"""`run`'s exit code when the shim stopped the command for a timeout (as GNU timeout)."""
+
+
+def _run_exit_code(result: TaskResult, received: list[int]) -> int:
+    if result.state is TaskState.INTERRUPTED and received:
+        return 128 + received[0]
+    if result.exit_code is not None and result.error and "timeout" in result.error:
+        return TIMED_OUT
+    if result.exit_code is None and result.error:
+        err_console.print(f"oneshot: {result.error}", highlight=False, markup=False)
+        return 126 if "permission denied" in result.error else 127
+    return result.shell_exit_code
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID")
+@pass_context
+@async_command
+async def cancel(obj: Context, task_id: str) -> None:
+    """Stop a task (its whole process group), whichever process started it."""
+    settings = persistent_settings(obj, "cancel")
+    async with AsyncOrchestrator(settings) as orch:
+        record = await find_task(orch.store, task_id)
+        ended = await cancel_task(orch, record)
+    err_console.print(f"oneshot: task {ended.id} {ended.state.value}", highlight=False)
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
+@click.option("--queue", default="default", show_default=True, help="Queue to take tasks from.")
+@IMPORT_OPTION
+@pass_context
+@async_command
+async def worker(obj: Context, concurrency: int | None, queue: str,
+                 modules: tuple[str, ...]) -> None:
+    """Run queued tasks (from `run --detach`) until SIGTERM or Ctrl-C; recover on start."""
+    settings = persistent_settings(obj, "a worker", concurrency=concurrency)
+    import_workflows(settings, modules)
+    stop = anyio.Event()
+    received: list[int] = []
+    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+        watchers.start_soon(stop_on_signal, orch, received, stop)
+        err_console.print(f"oneshot: worker {orch.worker_id} on {settings.database.url} "
+                          f"(concurrency {settings.concurrency})", highlight=False)
+        if settings.recovery.on_startup:
+            resumed = await orch.recover()
+            if resumed:
+                err_console.print(f"oneshot: resumed {len(resumed)} workflows", highlight=False)
+        started = await run_worker(orch, stop, queue=queue)
+        watchers.cancel_scope.cancel()
+    err_console.print(f"oneshot: worker stopped after {started} tasks", highlight=False)
+
+
+@cli.command()
+@IMPORT_OPTION
+@pass_context
+@async_command
+async def recover(obj: Context, modules: tuple[str, ...]) -> None:
+    """Resume interrupted tasks (reattach, settle or fall back by policy) and wait for them."""
+    settings = persistent_settings(obj, "recover")
+    import_workflows(settings, modules)
+    received: list[int] = []
+    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+        watchers.start_soon(stop_on_signal, orch, received)
+        handles = await orch.recover()
+        for handle in handles:
+            outcome = await handle.outcome()
+            err_console.print(f"oneshot: {handle.id} {outcome.state.value}", highlight=False)
+        watchers.cancel_scope.cancel()
+    err_console.print(f"oneshot: recovered {len(handles)} tasks", highlight=False)
+
+
