@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -119,10 +120,23 @@ class MemoryStore:
         return self._tasks[resolve_prefix(task_id, matches)]
 
     async def list_tasks(
-        self, *, states: Collection[TaskState] | None = None, limit: int | None = None
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        limit: int | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        oldest_first: bool = False,
     ) -> list[TaskRecord]:
-        rows = [r for r in self._tasks.values() if states is None or r.state in states]
-        rows.sort(key=lambda r: r.created_at, reverse=True)
+        rows = [
+            r for r in self._tasks.values()
+            if (states is None or r.state in states)
+            and (name is None or fnmatch.fnmatchcase((r.name or "").lower(), name.lower()))
+            and (since is None or r.created_at >= since)
+            and (until is None or r.created_at < until)
+        ]
+        rows.sort(key=lambda r: r.created_at, reverse=not oldest_first)
         return rows[:limit] if limit is not None else rows
 
     async def history(self, task_id: str) -> list[Transition]:
@@ -136,10 +150,12 @@ class MemoryStore:
         after_seq: int = -1,
         limit: int | None = None,
         tail: int | None = None,
+        since: float | None = None,
     ) -> list[LogFragment]:
         rows = [
             f for f in self._logs.get(task_id, [])
             if f.seq > after_seq and (streams is None or f.stream in streams)
+            and (since is None or f.at >= since)
         ]
         rows.sort(key=lambda f: f.seq)
         if tail is not None:

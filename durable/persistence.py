@@ -58,6 +58,7 @@ from durable.store import (
     TASK_ID_LENGTH,
     SpoolOffsets,
     Store,
+    glob_to_like,
     is_valid_id_prefix,
     resolve_prefix,
 )
@@ -207,11 +208,25 @@ class PersistenceManager:
         return task_from_row(rows[resolve_prefix(task_id, list(rows))])
 
     async def list_tasks(
-        self, *, states: Collection[TaskState] | None = None, limit: int | None = None
+        self,
+        *,
+        states: Collection[TaskState] | None = None,
+        limit: int | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        oldest_first: bool = False,
     ) -> list[TaskRecord]:
-        statement = select(tasks).order_by(tasks.c.created_at.desc())
+        order = tasks.c.created_at.asc() if oldest_first else tasks.c.created_at.desc()
+        statement = select(tasks).order_by(order)
         if states is not None:
             statement = statement.where(tasks.c.state.in_([s.value for s in states]))
+        if name is not None:
+            statement = statement.where(tasks.c.name.like(glob_to_like(name), escape="\\"))
+        if since is not None:
+            statement = statement.where(tasks.c.created_at >= since)
+        if until is not None:
+            statement = statement.where(tasks.c.created_at < until)
         if limit is not None:
             statement = statement.limit(limit)
         return [task_from_row(row) for row in await self._fetch(statement)]
@@ -232,10 +247,13 @@ class PersistenceManager:
         after_seq: int = -1,
         limit: int | None = None,
         tail: int | None = None,
+        since: float | None = None,
     ) -> list[LogFragment]:
         statement = select(log_fragments).where(log_fragments.c.task_id == task_id)
         if streams is not None:
             statement = statement.where(log_fragments.c.stream.in_([int(s) for s in streams]))
+        if since is not None:
+            statement = statement.where(log_fragments.c.at >= since)
         if tail is not None:
             statement = statement.order_by(log_fragments.c.seq.desc()).limit(tail)
             rows = await self._fetch(statement)

@@ -82,8 +82,13 @@ class Store(Protocol):
         *,
         states: Collection[TaskState] | None = None,
         limit: int | None = None,
+        name: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        oldest_first: bool = False,
     ) -> list[TaskRecord]:
-        """Tasks, newest first, optionally only those in ``states``."""
+        """Tasks by creation time, newest first (or oldest first), optionally only those in
+        ``states``, whose name matches the glob ``name``, created in ``[since, until)``."""
 
     async def history(self, task_id: str) -> list[Transition]:
         """Every transition of one task in the order they were committed."""
@@ -96,9 +101,10 @@ class Store(Protocol):
         after_seq: int = -1,
         limit: int | None = None,
         tail: int | None = None,
+        since: float | None = None,
     ) -> list[LogFragment]:
         """Fragments in ``seq`` order: those after ``after_seq`` (at most ``limit``), or the
-        last ``tail`` ones."""
+        last ``tail`` ones; only those stored at or after ``since`` if given."""
 
     async def log_size(self, task_id: str) -> tuple[int, int]:
         """(number of fragments, total bytes) stored for one task."""
@@ -121,6 +127,12 @@ class Store(Protocol):
 
     async def get_process(self, task_id: str) -> ProcessHandle | None:
         """The process handle of a command task, if one was recorded."""
+
+
+def glob_to_like(pattern: str) -> str:
+    """A shell glob (``*``, ``?``) as a LIKE pattern with ``\\`` as the escape character."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def resolve_prefix(task_id: str, candidates: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ from durable.context import current_runtime
 from durable.exceptions import OneshotError
 from durable.records import Stream
 from durable.step import durable
-from orchestrator import logview
+from orchestrator.logview import tail_text
 from orchestrator.orchestrator import AsyncOrchestrator
 
 TAIL_LINES = 20
@@ -44,12 +44,11 @@ async def run_command(argv: list[str], name: str | None = None, cwd: str | None 
     if not isinstance(runtime, AsyncOrchestrator):
         raise OneshotError("run_command needs an open AsyncOrchestrator")
     outcome = await runtime.run(argv, name=name, cwd=cwd)
-    tails = {}
-    for stream in (Stream.STDOUT, Stream.STDERR):
-        _, pieces = await logview.tail(runtime.store, outcome.id, [stream], TAIL_LINES)
-        tails[stream] = b"".join(data for _, data in pieces).decode("utf-8", "replace")
-    result = CommandResult(outcome.id, outcome.state.value, outcome.exit_code,
-                           tails[Stream.STDOUT], tails[Stream.STDERR])
+    result = CommandResult(
+        outcome.id, outcome.state.value, outcome.exit_code,
+        await tail_text(runtime.store, outcome.id, Stream.STDOUT, TAIL_LINES),
+        await tail_text(runtime.store, outcome.id, Stream.STDERR, TAIL_LINES),
+    )
     if check and outcome.exit_code != 0:
         raise CommandFailed(argv, result)
     return result

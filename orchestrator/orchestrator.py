@@ -9,7 +9,7 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,7 +24,7 @@ from durable.context import current_runtime, default_retry_policy
 from durable.engine import ConnectionOptions
 from durable.exceptions import WorkflowFailed, WorkflowNotRegistered
 from durable.persistence import store_from_settings
-from durable.records import NewTask, TaskKind, TaskRecord
+from durable.records import LogFragment, NewTask, Stream, TaskKind, TaskRecord
 from durable.recovery import LIVE_OWNERS
 from durable.retry import RetryPolicy
 from durable.serialization import load
@@ -32,6 +32,7 @@ from durable.states import TaskState
 from durable.store import Store
 from durable.workflow import Workflow, get_workflow
 from orchestrator.logcapture import Tee
+from orchestrator.logview import OutputQuery, read_output
 from orchestrator.options import RunOptions
 from orchestrator.recovery import recover_orphans
 from orchestrator.task import CaptureOptions, OneshotTask, Reattachment, TaskResult
@@ -250,6 +251,14 @@ class AsyncOrchestrator:
         """Resume what was interrupted (or only task ``only``); see
         :mod:`orchestrator.recovery`."""
         return await recover_orphans(self, only)
+
+    def logs(self, task_id: str, *, streams: Collection[Stream] | None = None,
+             since: float | None = None, tail: int | None = None, follow: bool = False
+             ) -> AsyncIterator[LogFragment]:
+        """A task's output as fragments in order (see :func:`orchestrator.logview.read_output`);
+        with ``follow``, until the task has ended — also for tasks run by other processes."""
+        return read_output(self.store, OutputQuery(task_id, streams, since), tail=tail,
+                           follow=follow)
 
     def cancel(self, task_id: str, reason: str = "cancelled") -> bool:
         """Interrupt a task this orchestrator runs; False if it is not running here."""

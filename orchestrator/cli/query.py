@@ -9,7 +9,7 @@ import click
 
 from durable.records import Stream
 from durable.states import TaskState
-from orchestrator import logview, render
+from orchestrator import render
 from orchestrator.cli.app import (
     Context,
     async_command,
@@ -20,6 +20,8 @@ from orchestrator.cli.app import (
     open_store,
     pass_context,
 )
+from orchestrator.cli.timeparam import TIME
+from orchestrator.logview import OutputQuery, read_output
 
 STATE_CHOICE = click.Choice([s.value for s in TaskState], case_sensitive=False)
 
@@ -27,16 +29,24 @@ STATE_CHOICE = click.Choice([s.value for s in TaskState], case_sensitive=False)
 @cli.command(name="ls")
 @click.option("--state", "states", multiple=True, type=STATE_CHOICE,
               help="Only tasks in this state (repeatable).")
+@click.option("--name", "name", metavar="PATTERN",
+              help="Only tasks whose name matches this glob (e.g. 'build-*').")
+@click.option("--since", type=TIME, metavar="TIME", help="Only tasks created since TIME.")
+@click.option("--until", type=TIME, metavar="TIME", help="Only tasks created before TIME.")
+@click.option("--oldest-first", is_flag=True, help="Sort oldest first (default: newest first).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 @async_command
-async def list_tasks(obj: Context, states: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """List tasks, newest first."""
+async def list_tasks(obj: Context, states: tuple[str, ...], name: str | None,
+                     since: float | None, until: float | None, oldest_first: bool, limit: int,
+                     as_json: bool) -> None:
+    """List tasks, newest first. TIME: an ISO date/time, or 90s, 10m, 2h, 1d ago."""
     store = await open_store(obj.settings())
     try:
         wanted = [TaskState(s.upper()) for s in states] or None
-        rows = await store.list_tasks(states=wanted, limit=limit)
+        rows = await store.list_tasks(states=wanted, limit=limit, name=name, since=since,
+                                      until=until, oldest_first=oldest_first)
     finally:
         await store.close()
     if as_json:
@@ -77,10 +87,12 @@ STREAM_CHOICE = click.Choice(["stdout", "stderr", "all"], case_sensitive=False)
 @click.option("--stream", type=STREAM_CHOICE, default="all", show_default=True)
 @click.option("--tail", type=click.IntRange(min=0), help="Only the last N lines.")
 @click.option("--raw", is_flag=True, help="Write the exact stored bytes, all to stdout.")
+@click.option("--since", type=TIME, metavar="TIME",
+              help="Only output stored since TIME (ISO date/time, or 90s, 10m, 2h, 1d ago).")
 @pass_context
 @async_command
 async def logs(obj: Context, task_id: str, follow: bool, stream: str, tail: int | None,
-               raw: bool) -> None:
+               raw: bool, since: float | None) -> None:
     """Print a task's captured output."""
     streams = None if stream.lower() == "all" else [Stream.parse(stream)]
     store = await open_store(obj.settings())
@@ -94,15 +106,8 @@ async def logs(obj: Context, task_id: str, follow: bool, stream: str, tail: int 
 
     try:
         task = await find_task(store, task_id)
-        after = -1
-        if tail is not None:
-            after, pieces = await logview.tail(store, task.id, streams, tail)
-            for which, data in pieces:
-                emit(which, data)
-        source = (logview.follow(store, task.id, streams, after,
-                                 logview.FinishedCheck(store, task.id))
-                  if follow else logview.fragments_after(store, task.id, streams, after))
-        async for fragment in source:
+        query = OutputQuery(task.id, streams, since)
+        async for fragment in read_output(store, query, tail=tail, follow=follow):
             emit(fragment.stream, fragment.data)
             if follow:
                 sys.stdout.flush()
