@@ -164,6 +164,15 @@ class RetentionSettings(_Section):
     max_bytes_per_task: OptionalPositiveInt = None
     max_total_bytes: OptionalPositiveInt = None
     keep_last: int = Field(default=100, ge=0)
+    interval: float = Field(default=3600.0, gt=0)  # seconds between the worker's prune runs
+    chunk_rows: int = Field(default=500, ge=1)  # tasks or fragments deleted per transaction
+    chunk_bytes: int = Field(default=33_554_432, ge=1)  # output bytes deleted per transaction
+
+
+class BackupSettings(_Section):
+    interval_hours: OptionalPositiveFloat = None  # None: no periodic backup by the worker
+    directory: Path | None = None  # None: "<database file>-backups" beside the database
+    keep: int = Field(default=7, ge=1)  # newest periodic backups kept
 
 
 class RecoverySettings(_Section):
@@ -220,6 +229,7 @@ class OneshotSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)

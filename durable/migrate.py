@@ -35,7 +35,7 @@ __all__ = [
     "upgrade",
 ]
 
-HEAD = "0002"
+HEAD = "0003"
 """The newest revision in ``migrations/versions`` (a test keeps the two equal). Known without
 importing alembic, so opening an up-to-date store costs one query, not alembic's start-up."""
 

@@ -66,6 +66,8 @@ class TaskRecord:
     attempt: int = 1
     owner: str | None = None
     options: str | None = None
+    log_dropped_bytes: int = 0
+    """Bytes of the oldest output deleted by retention (the rest is the newest output)."""
 
     def as_json(self) -> dict[str, Any]:
         """The stable field names of ``ls --json`` / ``show --json``."""

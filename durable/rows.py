@@ -19,7 +19,7 @@ from durable.states import TaskState
 TASK_COLUMNS = (
     "id", "name", "kind", "argv", "cwd", "workflow", "input", "queue", "state", "created_at",
     "updated_at", "started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner",
-    "options",
+    "options", "log_dropped_bytes",
 )
 
 
@@ -49,6 +49,7 @@ def task_from_row(row: Mapping[str, Any]) -> TaskRecord:
         attempt=row["attempt"],
         owner=row["owner"],
         options=row["options"],
+        log_dropped_bytes=row["log_dropped_bytes"],
     )
 
 

@@ -52,8 +52,11 @@ tasks = Table(
     Column("attempt", Integer, nullable=False, server_default="1"),
     Column("owner", String(128)),
     Column("options", Text),  # JSON: a command's run options (timeouts, on_lost)
+    # Output bytes retention deleted (oldest first); `oneshot logs` reports it.
+    Column("log_dropped_bytes", BigInteger, nullable=False, server_default="0"),
     Index(None, "state", "created_at"),
     Index(None, "created_at"),
+    Index(None, "finished_at"),  # retention: finished tasks by age
 )
 
 task_states = Table(

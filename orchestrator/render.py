@@ -95,7 +95,9 @@ def show_task(console: Console, task: TaskRecord, history: Sequence[Transition],
     fields.add_row("attempt", str(task.attempt))
     fields.add_row("created", when(task.created_at))
     fields.add_row("runtime", duration(task_runtime(task)))
-    fields.add_row("output", f"{log_size[1]} bytes in {log_size[0]} fragments")
+    dropped = (f" ({task.log_dropped_bytes} older bytes dropped by retention)"
+               if task.log_dropped_bytes else "")
+    fields.add_row("output", f"{log_size[1]} bytes in {log_size[0]} fragments{dropped}")
     console.print(fields)
     console.print()
     console.print(timeline_table(history))

@@ -45,7 +45,7 @@ def show_config(obj: Context, as_json: bool) -> None:
 
 @cli.group()
 def db() -> None:
-    """Database maintenance: upgrade, check."""
+    """Database maintenance: upgrade, check, backup."""
 
 
 def _connection_options(settings: OneshotSettings) -> ConnectionOptions:
@@ -74,11 +74,24 @@ async def upgrade(obj: Context) -> None:
 
 
 @db.command()
+@click.option("--integrity", is_flag=True,
+              help="Run the full integrity_check (reads every page) instead of quick_check.")
+@click.option("--repair", is_flag=True,
+              help="If the database is damaged: move it aside (kept) and start a fresh one.")
+@click.option("--force", is_flag=True, help="With --repair: move it aside even if it is fine.")
 @pass_context
 @async_command
-async def check(obj: Context) -> None:
-    """Report the schema revision and SQLite's quick_check; exit 1 if anything is wrong."""
+async def check(obj: Context, integrity: bool, repair: bool, force: bool) -> None:
+    """Report the schema revision, SQLite's quick_check (or integrity_check) and foreign keys;
+    exit 1 if anything is wrong."""
     settings = obj.settings()
+    if _connection_options(settings).is_sqlite:
+        from orchestrator.cli.backup import check_sqlite  # backup imports this module
+
+        await check_sqlite(settings, integrity=integrity, repair=repair, force=force)
+        return
+    if integrity or repair:
+        fail("--integrity and --repair work on SQLite databases only", 2)
     result = await _with_engine(settings, migrate.check)
     click.echo(f"database:     {settings.database.url}")
     click.echo(f"revision:     {result.current or 'none'} (head {result.head})")

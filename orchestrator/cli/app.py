@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from config import ConfigError, OneshotSettings, load_settings
+from durable.backup import damage_in, damage_message
 from durable.exceptions import OneshotError, TaskNotFound
 from durable.persistence import store_from_settings
 from durable.records import Stream, TaskRecord
@@ -41,11 +42,23 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
             return anyio.run(functools.partial(fn, *args, **kwargs))
         except ConfigError as exc:
             fail(str(exc), 2)
-        except OneshotError as exc:
-            fail(str(exc), 1)
+        except Exception as exc:
+            # A damaged database file can surface anywhere (a read, a group commit): one line.
+            damaged = damage_message(exc, _database_url(args)) if damage_in(exc) else None
+            if damaged is None and not isinstance(exc, OneshotError):
+                raise
+            fail(damaged or str(exc), 1)
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _database_url(args: tuple[Any, ...]) -> str | None:
+    try:
+        obj = next(arg for arg in args if isinstance(arg, Context))
+        return obj.settings().database.url
+    except (Exception, SystemExit):  # only to name the file; never hide the error itself
+        return None
 
 
 class Context:

@@ -106,6 +106,9 @@ async def logs(obj: Context, task_id: str, follow: bool, stream: str, tail: int 
 
     try:
         task = await find_task(store, task_id)
+        if task.log_dropped_bytes:
+            err_console.print(f"oneshot: {task.log_dropped_bytes} bytes of older output were "
+                              "dropped by retention", highlight=False)
         query = OutputQuery(task.id, streams, since)
         async for fragment in read_output(store, query, tail=tail, follow=follow):
             emit(fragment.stream, fragment.data)

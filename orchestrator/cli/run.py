@@ -26,6 +26,8 @@ from orchestrator.cli.app import (
     stop_on_signal,
     tee_output,
 )
+from orchestrator.cli.backup import periodic_backup_jobs
+from orchestrator.cli.prune import retention_jobs
 from orchestrator.options import OnLost, RunOptions
 from orchestrator.orchestrator import AsyncOrchestrator, new_task_id
 from orchestrator.task import TaskResult
@@ -154,7 +156,8 @@ async def worker(obj: Context, concurrency: int | None, queue: str,
             resumed = await orch.recover()
             if resumed:
                 err_console.print(f"oneshot: resumed {len(resumed)} workflows", highlight=False)
-        started = await run_worker(orch, stop, queue=queue)
+        started = await run_worker(orch, stop, queue=queue,
+                                   jobs=[*periodic_backup_jobs(settings), *retention_jobs(orch)])
         watchers.cancel_scope.cancel()
     err_console.print(f"oneshot: worker stopped after {started} tasks", highlight=False)
 
