@@ -38,6 +38,7 @@ Targets (issue 5): each query < 50 ms; prune's longest write-lock hold < 200 ms 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -50,7 +51,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_DIR, base_parser, load_summary, machine_summary, median, print_table
+from _common import (
+    BENCH_DIR,
+    base_parser,
+    load_summary,
+    machine_summary,
+    median,
+    print_table,
+    spread,
+)
 
 DAY = 86400.0
 SPAN_DAYS = 60
@@ -400,12 +409,13 @@ print(json.dumps(waits))
 """
 
 
-async def run_prune(copy: Path, running_id: str) -> dict[str, Any]:
+async def run_prune(copy: Path, running_id: str, synchronous: str) -> dict[str, Any]:
     from config import load_settings
     from durable.persistence import store_from_settings
     from durable.retention import RetentionPolicy, prune
 
     settings = load_settings(overrides={"database.url": str(copy),
+                                        "database.synchronous": synchronous,
                                         "retention.max_age_days": PRUNE_AGE_DAYS})
     policy = RetentionPolicy.from_settings(settings.retention)
     conn = sqlite3.connect(copy)
@@ -491,7 +501,7 @@ def transactions(events: list[tuple[float, str]]) -> list[dict[str, float]]:
         if current is None:
             continue
         if sql == "<end>":
-            current["total"] = at - begun
+            current["total"], current["begin"], current["end"] = at - begun, begun, at
             out.append(current)
             current = None
             continue
@@ -528,6 +538,8 @@ def main() -> None:
     parser.add_argument("--cli-reps", type=int, default=5, help="repetitions of each CLI call")
     parser.add_argument("--no-prune", action="store_true", help="skip the prune measurement")
     parser.add_argument("--prune-only", action="store_true", help="only the prune measurement")
+    parser.add_argument("--prune-reps", type=int, default=None,
+                        help="prune repetitions, each on a fresh copy (default 3, quick 1)")
     parser.add_argument("--no-vacuum", action="store_true", help="skip `db vacuum` after prune")
     args = parser.parse_args()
     scale = "quick" if args.quick else "full"
@@ -549,7 +561,8 @@ def main() -> None:
     if args.no_prune:
         print(f"\nat the end: {load_summary()}")
         return
-    measure_prune(db, facts, args.no_vacuum)
+    measure_prune(db, facts, args.no_vacuum, args.prune_reps or (1 if args.quick else 3),
+                  args.synchronous)
     print(f"\nat the end: {load_summary()}")
 
 
@@ -599,64 +612,92 @@ def measure_and_print(db: Path, facts: dict[str, Any], reps: int, cli_reps: int)
           "(self time, ms): " + ", ".join(f"{name} {t:,.0f}" for name, t in heaviest))
 
 
-def measure_prune(db: Path, facts: dict[str, Any], no_vacuum: bool) -> None:
-    probe = subprocess.run([ONESHOT, "prune", "--help"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        print("\n3. prune: `oneshot prune` does not exist in this tree; not measured")
-        return
-    copy = db.with_name(db.stem + "-prune-copy.db")
+def copy_database(db: Path, copy: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{copy}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(db, copy)
     if Path(f"{db}-wal").exists():
         shutil.copyfile(f"{db}-wal", f"{copy}-wal")
+    # The copy's pages are dirty in the page cache: write them out now, or the prune's first
+    # checkpoint (an fsync of the database file) pays for the whole copy.
+    for name in (copy, Path(f"{copy}-wal")):
+        if name.exists():
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def print_prune_rep(p: dict[str, Any]) -> dict[str, float]:
+    """The details of one prune run; returns its headline figures."""
+    report, before, after = p["report"], p["before"], p["after"]
+    deleted = {t: before[t] - after[t] for t in before}
+    total_rows = sum(deleted.values())
+    gaps, waits = p["chunk_gaps"], p["probe_totals"]
+    print_table(["table", "before", "after", "deleted"],
+                [[t, f"{before[t]:,}", f"{after[t]:,}", f"{deleted[t]:,} "
+                  f"({deleted[t] / before[t]:.0%})"] for t in before])
+    print(f"prune(): {p['total']:.1f} s in all ({p['deleting']:.1f} s deleting), "
+          f"{report.chunks} chunks ({report.tasks_deleted / max(report.chunks, 1):.0f} tasks "
+          f"per chunk); {total_rows / p['deleting']:,.0f} rows/s "
+          f"(tasks + cascaded transitions + fragments), "
+          f"{deleted['log_fragments'] / p['deleting']:,.0f} fragments/s, "
+          f"{report.bytes_freed / p['deleting'] / 1e6:,.0f} MB/s of output; space: "
+          f"{report.space}")
+    txs = [t for t in p["transactions"] if any(k.startswith("DELETE") for k in t)]
+    totals = [t["total"] for t in txs] or [0.0]
+    kinds: dict[str, float] = {}
+    for t in txs:
+        for kind, sec in t.items():
+            if kind not in ("total", "begin", "end"):
+                kinds[kind] = kinds.get(kind, 0.0) + sec
+    print(f"deleting transactions (writer thread, trace callback): {len(txs)}, median "
+          f"{ms(totals)} ms, p95 {pct(totals, 0.95) * 1000:.0f} ms, max "
+          f"{max(totals) * 1000:.0f} ms, {sum(1 for x in totals if x >= 0.2)} >= 200 ms; "
+          "time by statement: " + ", ".join(
+              f"{k} {v:.1f} s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    for t in sorted(txs, key=lambda t: -t["total"])[:3]:
+        print(f"  slow transaction {t['total'] * 1000:.0f} ms: " + ", ".join(
+            f"{k} {v * 1000:.0f}" for k, v in sorted(t.items(), key=lambda kv: -kv[1])
+            if k not in ("total", "begin", "end")))
+    idle = [b["begin"] - a["end"] for a, b in itertools.pairwise(txs)] or [0.0]
+    print(f"writer idle between one chunk's commit and the next BEGIN: median "
+          f"{median(idle) * 1000:.2f} ms, max {max(idle) * 1000:.1f} ms (the only windows in "
+          "which another process can take the write lock)")
+    print(f"chunk time (submit -> commit, prune's own longest_chunk): "
+          f"{report.longest_chunk * 1000:.0f} ms; between chunk callbacks: median "
+          f"{ms(gaps)} ms, p95 {pct(gaps, 0.95) * 1000:.0f} ms, max {max(gaps) * 1000:.0f} ms")
+    slow = sum(1 for w in waits if w * 1000 >= CHUNK_TARGET_MS)
+    print(f"concurrent writer in another process ({len(waits)} writes while prune ran, one "
+          f"every 10 ms when unblocked): BEGIN IMMEDIATE wait max "
+          f"{max(p['probe_lock_waits']) * 1000:.0f} ms; whole write median {ms(waits)} ms, "
+          f"p99 {pct(waits, 0.99) * 1000:.0f} ms, max {max(waits) * 1000:.0f} ms, "
+          f"{slow} writes >= {CHUNK_TARGET_MS:.0f} ms")
+    return {"rows_per_s": total_rows / p["deleting"], "seconds": p["deleting"],
+            "longest_tx_ms": max(totals) * 1000,
+            "longest_chunk_ms": max(report.longest_chunk, max(gaps) if gaps else 0.0) * 1000,
+            "probe_max_ms": max(waits) * 1000, "probe_slow": float(slow)}
+
+
+def measure_prune(db: Path, facts: dict[str, Any], no_vacuum: bool, reps: int,
+                  synchronous: str) -> None:
+    probe = subprocess.run([ONESHOT, "prune", "--help"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        print("\n3. prune: `oneshot prune` does not exist in this tree; not measured")
+        return
+    copy = db.with_name(db.stem + "-prune-copy.db")
+    print(f"\n3. Prune of tasks finished > {PRUNE_AGE_DAYS} days ago (synchronous {synchronous}, "
+          "keep_last 100, "
+          f"chunk_rows 500, chunk_bytes 32 MiB: the defaults), on a fresh copy each time, "
+          f"{reps} repetitions")
+    heads = []
     try:
-        p = asyncio.run(run_prune(copy, facts["running"][0]))
-        report, before, after = p["report"], p["before"], p["after"]
-        deleted = {t: before[t] - after[t] for t in before}
-        total_rows = sum(deleted.values())
-        gaps, waits = p["chunk_gaps"], p["probe_totals"]
-        print(f"\n3. Prune of tasks finished > {PRUNE_AGE_DAYS} days ago (keep_last "
-              f"{100}, chunk_rows 500, chunk_bytes 32 MiB), on a copy")
-        print_table(["table", "before", "after", "deleted"],
-                    [[t, f"{before[t]:,}", f"{after[t]:,}", f"{deleted[t]:,} "
-                      f"({deleted[t] / before[t]:.0%})"] for t in before])
-        print(f"prune(): {p['total']:.1f} s in all ({p['deleting']:.1f} s deleting), "
-              f"{report.chunks} chunks; {total_rows / p['deleting']:,.0f} rows/s "
-              f"(tasks + cascaded transitions + fragments), "
-              f"{deleted['log_fragments'] / p['deleting']:,.0f} fragments/s, "
-              f"{report.bytes_freed / p['deleting'] / 1e6:,.0f} MB/s of output; space: "
-              f"{report.space}")
-        txs = [t for t in p["transactions"] if any(k.startswith("DELETE") for k in t)]
-        if txs:
-            totals = [t["total"] for t in txs]
-            kinds: dict[str, float] = {}
-            for t in txs:
-                for kind, sec in t.items():
-                    if kind != "total":
-                        kinds[kind] = kinds.get(kind, 0.0) + sec
-            print(f"deleting transactions (writer thread, trace callback): {len(txs)}, median "
-                  f"{ms(totals)} ms, p95 {pct(totals, 0.95) * 1000:.0f} ms, max "
-                  f"{max(totals) * 1000:.0f} ms, {sum(1 for x in totals if x >= 0.2)} >= 200 ms; "
-                  "time by statement: " + ", ".join(
-                      f"{k} {v:.1f} s" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
-            for t in sorted(txs, key=lambda t: -t["total"])[:3]:
-                print(f"  slow transaction {t['total'] * 1000:.0f} ms: " + ", ".join(
-                    f"{k} {v * 1000:.0f}" for k, v in sorted(t.items(), key=lambda kv: -kv[1])
-                    if k != "total"))
-        longest = max(report.longest_chunk, max(gaps) if gaps else 0.0)
-        print(f"chunk time (submit -> commit, prune's own longest_chunk): "
-              f"{report.longest_chunk * 1000:.0f} ms; between chunk callbacks: median "
-              f"{ms(gaps)} ms, p95 {pct(gaps, 0.95) * 1000:.0f} ms, max {max(gaps) * 1000:.0f} ms")
-        slow = sum(1 for w in waits if w * 1000 >= CHUNK_TARGET_MS)
-        print(f"concurrent writer in another process ({len(waits)} writes while prune ran, one "
-              f"every 10 ms when unblocked): BEGIN IMMEDIATE wait max "
-              f"{max(p['probe_lock_waits']) * 1000:.0f} ms; whole write median {ms(waits)} ms, "
-              f"p99 {pct(waits, 0.99) * 1000:.0f} ms, max {max(waits) * 1000:.0f} ms, "
-              f"{slow} writes >= {CHUNK_TARGET_MS:.0f} ms")
-        print(f"longest write-lock hold per chunk: "
-              f"{'MET' if longest * 1000 < CHUNK_TARGET_MS else 'MISSED'} (target < "
-              f"{CHUNK_TARGET_MS:.0f} ms, measured {longest * 1000:.0f} ms)")
+        for rep in range(reps):
+            copy_database(db, copy)
+            print(f"-- rep {rep + 1}/{reps} ({load_summary()})")
+            heads.append(print_prune_rep(asyncio.run(run_prune(copy, facts["running"][0],
+                                                                synchronous))))
         if not no_vacuum:
             seconds, message, size_before, size_after = time_vacuum(copy)
             print(f"oneshot db vacuum on the pruned copy: {seconds:.1f} s (one exclusive "
@@ -665,6 +706,25 @@ def measure_prune(db: Path, facts: dict[str, Any], no_vacuum: bool) -> None:
     finally:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{copy}{suffix}").unlink(missing_ok=True)
+
+    def col(key: str) -> list[float]:
+        return [h[key] for h in heads]
+
+    longest = col("longest_chunk_ms")
+    print()
+    print_table(["prune figure", "median [min-max]"], [
+        ["rows deleted per second", spread(col("rows_per_s"))],
+        ["seconds deleting", spread(col("seconds"), "{:.1f}")],
+        ["longest chunk transaction (writer thread), ms", spread(col("longest_tx_ms"))],
+        ["longest chunk, submit -> commit, ms", spread(longest)],
+        ["concurrent writer's longest write, ms", spread(col("probe_max_ms"))],
+        ["concurrent writes >= 200 ms", spread(col("probe_slow"))],
+    ])
+    print(f"longest write-lock hold per chunk: "
+          f"{'MET' if median(longest) < CHUNK_TARGET_MS else 'MISSED'} (target < "
+          f"{CHUNK_TARGET_MS:.0f} ms; median of the per-run maxima {median(longest):.0f} ms, "
+          f"worst {max(longest):.0f} ms); another process's writes waited up to "
+          f"{max(col('probe_max_ms')):.0f} ms")
 
 
 if __name__ == "__main__":

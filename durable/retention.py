@@ -68,6 +68,8 @@ __all__ = ["RULES", "PruneReport", "RetentionPolicy", "RuleCount", "VacuumReport
 AGE, TASK_BYTES, TOTAL_BYTES = "max_age", "max_bytes_per_task", "max_total_bytes"
 RULES = (AGE, TASK_BYTES, TOTAL_BYTES)
 SMALL_DATABASE_BYTES = 32 * 1024 * 1024
+CHUNK_PAUSE = 0.02
+"""Seconds between prune chunks with the write lock free (SQLite's busy wait polls)."""
 """A prune converts a database without incremental auto-vacuum by a full VACUUM up to this size
 (a few hundred milliseconds at most); a larger one waits for ``oneshot db vacuum``."""
 VACUUM_PAGES_PER_CHUNK = 1024  # about 80 ms of write lock each
@@ -274,6 +276,9 @@ class _Run:
         self.touched[rule] |= result.touched
         if self.on_chunk is not None:
             self.on_chunk(self.report())
+        # Leave the write lock free for a moment: another process's busy wait polls, and
+        # back-to-back chunks would starve it for the whole prune.
+        await anyio.sleep(CHUNK_PAUSE)
         return result
 
     def report(self) -> PruneReport:

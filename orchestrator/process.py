@@ -139,7 +139,6 @@ class ShimProcess:
                 self.offsets[stream] = min(self.offsets[stream], size)  # page cache lost
             interval = TAIL_INTERVALS[0]
             while True:
-                finished = self.finished()
                 progressed = False
                 for stream, fd in fds.items():
                     data = os.pread(fd, READ_SIZE, self.offsets[stream])
@@ -149,7 +148,12 @@ class ShimProcess:
                         yield stream, data
                 if progressed:
                     interval = TAIL_INTERVALS[0]
-                elif finished:
+                    await anyio.sleep(0)  # let the loop breathe between reads of a flood
+                elif self.finished():
+                    # Checked only after an empty read, and followed by one more: whatever was
+                    # written before the exit file or the lock's release is read.
+                    async for item in self._drain(fds):
+                        yield item
                     return
                 else:
                     await anyio.sleep(interval)
@@ -157,6 +161,13 @@ class ShimProcess:
         finally:
             for fd in fds.values():
                 os.close(fd)
+
+    async def _drain(self, fds: dict[Stream, int]) -> AsyncIterator[tuple[Stream, bytes]]:
+        for stream, fd in fds.items():
+            while data := os.pread(fd, READ_SIZE, self.offsets[stream]):
+                self.offsets[stream] += len(data)
+                yield stream, data
+                await anyio.sleep(0)
 
     def identity_matches(self) -> bool:
         return proc_start_time(self.shim_pid) == self.started.get("shim_start")
