@@ -197,3 +197,9 @@ class MemoryStore:
 
     async def get_process(self, task_id: str) -> ProcessHandle | None:
         return self._processes.get(task_id)
+
+    async def recovery_facts(self, task_ids: Sequence[str]
+                             ) -> tuple[dict[str, ProcessHandle], dict[str, int]]:
+        handles = {t: self._processes[t] for t in task_ids if t in self._processes}
+        seqs = {t: max(f.seq for f in self._logs[t]) + 1 for t in task_ids if self._logs.get(t)}
+        return handles, seqs

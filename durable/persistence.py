@@ -68,6 +68,10 @@ if TYPE_CHECKING:
     from config import OneshotSettings
 
 
+IN_LIST_CHUNK = 500
+"""Ids per ``IN (...)`` list: well under SQLite's bound-parameter limit."""
+
+
 class PersistenceManager:
     """The durable store over SQLite. Implements :class:`durable.store.Store`."""
 
@@ -280,6 +284,22 @@ class PersistenceManager:
 
     async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:
         await self.writer.submit(FailCorrupt(task_id, found_state, reason))
+
+    async def recovery_facts(self, task_ids: Sequence[str]
+                             ) -> tuple[dict[str, ProcessHandle], dict[str, int]]:
+        handles: dict[str, ProcessHandle] = {}
+        seqs: dict[str, int] = {}
+        for start in range(0, len(task_ids), IN_LIST_CHUNK):
+            ids = list(task_ids[start:start + IN_LIST_CHUNK])
+            for row in await self._fetch(
+                    select(process_handles).where(process_handles.c.task_id.in_(ids))):
+                handles[row["task_id"]] = handle_from_row(row)
+            last = (select(log_fragments.c.task_id, func.max(log_fragments.c.seq).label("seq"))
+                    .where(log_fragments.c.task_id.in_(ids))
+                    .group_by(log_fragments.c.task_id))
+            for row in await self._fetch(last):
+                seqs[row["task_id"]] = int(row["seq"]) + 1
+        return handles, seqs
 
     async def get_process(self, task_id: str) -> ProcessHandle | None:
         statement = select(process_handles).where(process_handles.c.task_id == task_id)

@@ -128,6 +128,11 @@ class Store(Protocol):
     async def get_process(self, task_id: str) -> ProcessHandle | None:
         """The process handle of a command task, if one was recorded."""
 
+    async def recovery_facts(self, task_ids: Sequence[str]
+                             ) -> tuple[dict[str, ProcessHandle], dict[str, int]]:
+        """For many tasks at once: their process handles, and the next log ``seq`` of each
+        (tasks without output are absent). Recovery reads these once, not per task."""
+
 
 def glob_to_like(pattern: str) -> str:
     """A shell glob (``*``, ``?``) as a LIKE pattern with ``\\`` as the escape character."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from durable.exceptions import StateConflict
-from durable.records import TaskKind, TaskRecord
+from durable.records import ProcessHandle, TaskKind, TaskRecord
 from durable.recovery import _is_zombie, find_orphans
 from durable.states import TaskState
 from orchestrator.options import RunOptions
@@ -49,6 +49,14 @@ if TYPE_CHECKING:
 
 RECOVERY_CONCURRENCY = 64
 """Orphans decided at once: enough to share commits, few enough to bound open files."""
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Process handles and next log sequence numbers of the orphaned commands, by task id."""
+
+    handles: dict[str, ProcessHandle]
+    next_seqs: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,10 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
                 await orch.store.fail_corrupt(ref.id, ref.state, f"corrupt state: {problem}")
     handles: list[TaskHandle] = []
     limiter = anyio.CapacityLimiter(RECOVERY_CONCURRENCY)
+    # Read before the takeovers, in two queries for all: a takeover succeeds only if nobody
+    # touched the task since, so these facts are still true for every task we take.
+    facts = Facts(*await orch.store.recovery_facts(
+        [r.id for r in orphans.tasks if r.kind == TaskKind.COMMAND]))
 
     async def recover(record: TaskRecord) -> None:
         async with limiter:
@@ -78,7 +90,7 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
             if taken is None:
                 return
             try:
-                handle = await _recover_one(orch, taken)
+                handle = await _recover_one(orch, taken, facts)
             except (ValueError, KeyError, TypeError) as exc:
                 await _end(orch, taken, TaskState.FAILED, f"corrupt state: {exc}")
                 return
@@ -106,7 +118,8 @@ async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord 
     return replace(record, state=TaskState.RECOVERING, owner=orch.worker_id, attempt=attempt)
 
 
-async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord) -> TaskHandle | None:
+async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord, facts: Facts
+                       ) -> TaskHandle | None:
     max_attempts = orch.settings.recovery.max_attempts
     if record.kind == TaskKind.WORKFLOW:
         if record.attempt > max_attempts:
@@ -117,18 +130,19 @@ async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord) -> TaskHandl
     if record.argv is None or not all(isinstance(arg, str) for arg in record.argv):
         raise ValueError("the stored command is not a list of strings")
     options = RunOptions.from_json(record.options)
-    evidence = await _inspect(orch, record)
+    evidence = await _inspect(orch, record, facts.handles.get(record.id))
+    next_seq = facts.next_seqs.get(record.id, 0)
     if evidence.verdict in ("alive", "finished"):
         assert evidence.child is not None
         reason = (f"reattached to pid {evidence.child.pid}" if evidence.verdict == "alive"
                   else evidence.cause)
         return orch.start_task(record, reattach=Reattachment(
-            evidence.child, await _next_seq(orch, record), reason))
+            evidence.child, next_seq, reason))
     if evidence.verdict == "never-started":
         return await _run_again(orch, record, evidence.cause, record.attempt)
     if evidence.child is not None:
         await OneshotTask(orch.store, record, options=orch.capture_options).salvage(
-            evidence.child, await _next_seq(orch, record))
+            evidence.child, next_seq)
     mode = options.on_lost or orch.settings.recovery.missing_process
     if mode == "restart":
         if record.attempt >= max_attempts:
@@ -141,8 +155,8 @@ async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord) -> TaskHandl
     return None
 
 
-async def _inspect(orch: AsyncOrchestrator, record: TaskRecord) -> Evidence:
-    handle = await orch.store.get_process(record.id)
+async def _inspect(orch: AsyncOrchestrator, record: TaskRecord,
+                   handle: ProcessHandle | None) -> Evidence:
     if handle is not None and handle.host != socket.gethostname():
         return Evidence("lost", f"its process ran on host {handle.host}, not this one")
     run_dir = (Path(handle.run_dir) if handle is not None
@@ -207,11 +221,6 @@ def _kill_verified(pid: int, start_time: int | None) -> bool:
         return False
     finally:
         os.close(pidfd)
-
-
-async def _next_seq(orch: AsyncOrchestrator, record: TaskRecord) -> int:
-    last = await orch.store.read_logs(record.id, tail=1)
-    return last[0].seq + 1 if last else 0
 
 
 async def _run_again(orch: AsyncOrchestrator, record: TaskRecord, reason: str,

@@ -10,22 +10,13 @@ Run: python examples/crash_simulation/kill_orchestrator.py   (exit 0: the demons
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-import uuid
-from pathlib import Path
-from typing import Any
 
-TIMEOUT = 20.0
-TOKEN = f"ONESHOT_DEMO_TOKEN={uuid.uuid4().hex}"
+from _sim import TIMEOUT, Demo, oneshot, read_until, run
+
 TASK = """
 import sys, time
 for i in range(10):
@@ -37,69 +28,6 @@ sys.exit(3)
 """
 EXPECTED_OUT = "".join(f"line {i}\n" for i in range(10)).encode()
 EXPECTED_ERR = "".join(f"warning {i}\n" for i in range(10) if i % 2).encode()
-
-
-def oneshot() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    if not found:
-        sys.exit("the `oneshot` command is not installed (pip install -e .)")
-    return found
-
-
-class Demo:
-    def __init__(self, root: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
-        self.env["ONESHOT_DATABASE__URL"] = str(root / "demo.db")
-        self.env["ONESHOT_DEMO_TOKEN"] = TOKEN.partition("=")[2]
-        self.root = root
-        self.failures = 0
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([oneshot(), *args], env=self.env, cwd=self.root,
-                              capture_output=True, timeout=TIMEOUT, check=False)
-
-    def show(self, task_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.cli("show", task_id, "--json").stdout)
-        return data
-
-    def check(self, holds: bool, what: str) -> None:
-        print(f"  {'ok  ' if holds else 'FAIL'}  {what}")
-        self.failures += not holds
-
-
-def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> bytes:
-    """What the process printed on stdout until ``marker`` (bounded by TIMEOUT)."""
-    assert proc.stdout is not None
-    seen, deadline = b"", time.monotonic() + TIMEOUT
-    while marker not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-            raise TimeoutError(f"no {marker!r} from {proc.args}")
-        chunk = os.read(proc.stdout.fileno(), 4096)
-        if not chunk:
-            raise RuntimeError(f"{proc.args} ended before printing {marker!r}")
-        seen += chunk
-    return seen
-
-
-def kill_leftovers() -> None:
-    """Kill whatever this demo started that still runs (found by its environment token)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and TOKEN.encode() in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="oneshot-demo-") as tmp:
-        demo = Demo(Path(tmp))
-        try:
-            return demonstrate(demo)
-        finally:
-            kill_leftovers()
 
 
 def demonstrate(demo: Demo) -> int:
@@ -148,4 +76,4 @@ def demonstrate(demo: Demo) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(demonstrate))

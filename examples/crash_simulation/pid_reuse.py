@@ -14,93 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-TIMEOUT = 20.0
-TOKEN = f"ONESHOT_DEMO_TOKEN={uuid.uuid4().hex}"
-
-
-def oneshot() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    if not found:
-        sys.exit("the `oneshot` command is not installed (pip install -e .)")
-    return found
-
-
-class Demo:
-    def __init__(self, root: Path) -> None:
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
-        self.env["ONESHOT_DATABASE__URL"] = str(root / "demo.db")
-        self.env["ONESHOT_DEMO_TOKEN"] = TOKEN.partition("=")[2]
-        self.root = root
-        self.failures = 0
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([oneshot(), *args], env=self.env, cwd=self.root,
-                              capture_output=True, timeout=TIMEOUT, check=False)
-
-    def show(self, task_id: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.cli("show", task_id, "--json").stdout)
-        return data
-
-    def check(self, holds: bool, what: str) -> None:
-        print(f"  {'ok  ' if holds else 'FAIL'}  {what}")
-        self.failures += not holds
-
-
-def kill_leftovers() -> None:
-    """Kill whatever this demo started that still runs (found by its environment token)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and TOKEN.encode() in (entry / "environ").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except OSError:
-            pass
-
-
-def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="oneshot-demo-") as tmp:
-        demo = Demo(Path(tmp))
-        try:
-            return demonstrate(demo)
-        finally:
-            kill_leftovers()
-
-
-def start_time(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat.rpartition(b")")[2].split()[19])
-
-
-def kill_verified(pid: int, recorded_start: int) -> bool:
-    """SIGKILL ``pid`` only if it is still the process that started at ``recorded_start``."""
-    try:
-        pidfd = os.pidfd_open(pid)  # pins the process: its pid cannot be reused meanwhile
-    except OSError:
-        return False
-    try:
-        if start_time(pid) != recorded_start:
-            return False
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        return True
-    finally:
-        os.close(pidfd)
+from _sim import TIMEOUT, Demo, kill_verified, oneshot, run, start_time
 
 
 def wait_until(condition: Any, what: str) -> None:
@@ -192,4 +115,4 @@ def demonstrate(demo: Demo) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(demonstrate))
