@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -40,6 +39,7 @@ from durable.states import TaskState
 from durable.store import Store
 from orchestrator.options import RunOptions
 from orchestrator.orchestrator import new_task_id
+from tests.support import oneshot_script
 
 TIMEOUT = 30.0
 T = TypeVar("T")
@@ -77,12 +77,6 @@ def pattern(count: int) -> tuple[bytes, bytes]:
 def pattern_command(side: Path, code: int, count: int, pause: float) -> list[str]:
     return [sys.executable, "-c", PATTERN_SCRIPT, str(side), str(code), str(count), str(pause)]
 
-
-def oneshot_script() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    assert found, "the oneshot console script is not installed"
-    return found
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,15 +23,10 @@ from durable.persistence import store_from_settings
 from durable.records import NewTask, TaskKind, TaskRecord, Transition
 from durable.states import TaskState
 from orchestrator.orchestrator import new_task_id
+from tests.support import oneshot_script
 
 TIMEOUT = 30.0
 
-
-def oneshot_script() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    assert found, "the oneshot console script is not installed"
-    return found
 
 
 def settings_for(db: Path) -> OneshotSettings:

@@ -30,6 +30,7 @@ from config import load_settings
 from durable.persistence import store_from_settings
 from durable.records import StepCheckpoint, StepStatus, TaskRecord, Transition
 from durable.states import TaskState
+from tests.support import oneshot_script
 
 pytestmark = pytest.mark.slow
 
@@ -44,11 +45,6 @@ POSITIONS = [f"{where}-{k}" for k in range(1, STEP_COUNT + 1) for where in ("in"
 
 Snapshot = tuple[TaskRecord, list[StepCheckpoint], list[Transition]]
 
-
-def oneshot_script() -> str:
-    script = Path(sys.executable).parent / "oneshot"
-    assert script.exists(), "the oneshot console script is not installed beside python"
-    return str(script)
 
 
 def recover_cli() -> list[str]:

@@ -12,7 +12,6 @@ import os
 import pty
 import random
 import select
-import shutil
 import sqlite3
 import stat
 import subprocess
@@ -34,18 +33,13 @@ from durable.states import TaskState
 from orchestrator.cli.backup import periodic_backup_jobs
 from orchestrator.orchestrator import AsyncOrchestrator
 from orchestrator.progress import ProgressBar
+from tests.support import oneshot_script
 
 TIMEOUT = 30.0
 DAMAGED = "not a usable SQLite database"
 PRINT_FOR_A_SECOND = ["sh", "-c", "i=0; while [ $i -lt 50 ]; do echo line $i; i=$((i+1)); "
                                   "sleep 0.02; done"]
 
-
-def oneshot_script() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    assert found, "the oneshot console script is not installed"
-    return found
 
 
 class Cli:

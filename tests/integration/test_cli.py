@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,18 +26,13 @@ from durable.persistence import store_from_settings
 from durable.records import NewTask, TaskKind, TaskRecord, Transition
 from durable.states import TaskState
 from orchestrator.orchestrator import AsyncOrchestrator, new_task_id
+from tests.support import oneshot_script
 
 TIMEOUT = 30.0
 STABLE_FIELDS = {"id", "name", "kind", "state", "exit_code", "attempt", "created_at",
                  "updated_at"}
 TASK_LINE = re.compile(rb"oneshot: task ([0-9a-f]{32})")
 
-
-def oneshot_script() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    assert found, "the oneshot console script is not installed"
-    return found
 
 
 class Cli:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,14 @@ import anyio
 import pytest
 
 from config import OneshotSettings, load_settings
-from durable.memory import MemoryStore
-from durable.persistence import PersistenceManager, store_from_settings
+from durable.persistence import store_from_settings
 from durable.records import Stream, Transition
 from durable.states import TaskState
 from durable.store import Store
 from orchestrator.orchestrator import AsyncOrchestrator
+from tests.support import orchestrate
 
 IDLE_THRESHOLD = 0.3
-WAIT_LIMIT = 15.0
 
 
 @pytest.fixture(params=[True, False], ids=["persisted", "in-memory"])
@@ -62,21 +61,6 @@ def _nothing_on_disk_without_persistence(persist: bool, db_path: Path) -> Iterat
         assert not db_path.parent.exists()
         data_home = Path(os.environ["XDG_DATA_HOME"])
         assert not data_home.exists() or not any(data_home.rglob("*"))
-
-
-def orchestrate(settings: OneshotSettings,
-                body: Callable[[AsyncOrchestrator], Awaitable[Any]]) -> Any:
-    """Run ``body`` inside an orchestrator on the store the settings ask for."""
-
-    async def main() -> Any:
-        store = store_from_settings(settings)
-        expected = PersistenceManager if settings.persistence.enabled else MemoryStore
-        assert isinstance(store, expected)
-        with anyio.fail_after(WAIT_LIMIT):
-            async with AsyncOrchestrator(settings, store=store) as orch:
-                return await body(orch)
-
-    return anyio.run(main)
 
 
 async def output(store: Store, task_id: str, stream: Stream | None = None) -> bytes:

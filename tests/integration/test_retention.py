@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +30,7 @@ from durable.retention import (
     prune,
 )
 from durable.states import TaskState
+from tests.support import oneshot_script
 
 T = TypeVar("T")
 DAY = 86400.0
@@ -377,12 +376,6 @@ def oneshot(db: Path, *args: str, env: dict[str, str] | None = None
     return subprocess.run([oneshot_script(), *args], capture_output=True, text=True,
                           timeout=30, env=cli_env(db, env), check=False)
 
-
-def oneshot_script() -> str:
-    beside = Path(sys.executable).parent / "oneshot"
-    found = str(beside) if beside.exists() else shutil.which("oneshot")
-    assert found, "the oneshot console script is not installed"
-    return found
 
 
 def cli_env(db: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -38,12 +38,11 @@ from durable import (
     durable,
     workflow,
 )
-from durable.memory import MemoryStore
-from durable.persistence import PersistenceManager, store_from_settings
 from durable.records import NewTask, StepCheckpoint, StepStatus, TaskKind
 from durable.states import TaskState
 from orchestrator import AsyncOrchestrator, TaskHandle
 from orchestrator.task import TaskResult
+from tests.support import orchestrate as run_orchestrated
 
 WAIT_LIMIT = 15.0
 GONE_OWNER = f"{socket.gethostname()}:{os.getpid()}:gone00"
@@ -113,17 +112,8 @@ def sqlite_settings(db_path: Path) -> OneshotSettings:
 
 def orchestrate(settings: OneshotSettings,
                 body: Callable[[AsyncOrchestrator], Awaitable[Any]]) -> Any:
-    """Run ``body`` inside an orchestrator on the store the settings ask for."""
-
-    async def main() -> Any:
-        store = store_from_settings(settings)
-        expected = PersistenceManager if settings.persistence.enabled else MemoryStore
-        assert isinstance(store, expected)
-        with anyio.fail_after(WAIT_LIMIT):
-            async with AsyncOrchestrator(settings, store=store) as orch:
-                return await body(orch)
-
-    result = anyio.run(main)
+    """Run ``body`` in an orchestrator; with persistence off, check no database appeared."""
+    result = run_orchestrated(settings, body)
     if not settings.persistence.enabled:
         assert not Path(settings.database.url.removeprefix("sqlite+aiosqlite:///")).exists()
     return result
