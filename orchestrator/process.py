@@ -210,9 +210,19 @@ def _prepare_run_dir(run_dir: Path, spec: dict[str, Any]) -> None:
     write_json_atomic(str(run_dir), "spec.json", spec)
 
 
+def _reap_launcher(launcher: subprocess.Popen[bytes]) -> None:
+    """Collect the first fork even when the launch was cancelled or timed out, so no zombie
+    (and no ResourceWarning) is left; it exits at once, so a stuck one is killed."""
+    try:
+        launcher.wait(LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        launcher.wait()
+
+
 def _await_sync(read_fd: int, launcher: subprocess.Popen[bytes]) -> bytes:
     """The shim's one-line record; blocks (in a worker thread) up to LAUNCH_TIMEOUT."""
-    launcher.wait(LAUNCH_TIMEOUT)  # the first fork exits at once
+    _reap_launcher(launcher)  # the first fork exits at once
     data = b""
     while not data.endswith(b"\n"):
         ready, _, _ = select.select([read_fd], [], [], LAUNCH_TIMEOUT)
@@ -247,6 +257,7 @@ async def spawn(
             "env": dict(env) if env is not None else None, **limits.as_spec()}
     await anyio.to_thread.run_sync(_prepare_run_dir, run_dir, spec)
     read_fd, write_fd = os.pipe()
+    launcher: subprocess.Popen[bytes] | None = None
     try:
         with open(run_dir / "shim.err", "wb") as shim_err:
             launcher = subprocess.Popen(
@@ -261,6 +272,9 @@ async def spawn(
         os.close(read_fd)
         if write_fd >= 0:
             os.close(write_fd)
+        if launcher is not None and launcher.returncode is None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_reap_launcher, launcher)
     try:
         record = json.loads(line)
     except ValueError:

@@ -118,16 +118,19 @@ class OneshotTask:
             if last:
                 self.capture = self._new_capture(last[0].seq + 1, (0, 0))
         run_dir = run_dir_for(self.options.spool_dir, self.id, self.record.attempt)
-        try:
-            child = await spawn(list(self.record.argv or []), run_dir=run_dir,
-                                attempt_id=uuid.uuid4().hex, cwd=self.record.cwd, env=self.env,
-                                limits=self.run_options.limits)
-        except CommandNotFound as exc:
-            await self.machine.transition(
-                TaskState.FAILED, str(exc), error=str(exc), finished_at=time.time()
-            )
-            return TaskResult(self.id, TaskState.FAILED, None, str(exc))
-        await self.store.save_process(child.handle(self.id, self.record.attempt))
+        # Shielded: a cancel arriving mid-launch must not leave a started shim unrecorded and
+        # unstopped; it is delivered in follow(), which stops the command it then knows about.
+        with anyio.CancelScope(shield=True):
+            try:
+                child = await spawn(list(self.record.argv or []), run_dir=run_dir,
+                                    attempt_id=uuid.uuid4().hex, cwd=self.record.cwd,
+                                    env=self.env, limits=self.run_options.limits)
+            except CommandNotFound as exc:
+                await self.machine.transition(
+                    TaskState.FAILED, str(exc), error=str(exc), finished_at=time.time()
+                )
+                return TaskResult(self.id, TaskState.FAILED, None, str(exc))
+            await self.store.save_process(child.handle(self.id, self.record.attempt))
         return await self.follow(child)
 
     async def reattach(self, child: ShimProcess, next_seq: int, reason: str) -> TaskResult:

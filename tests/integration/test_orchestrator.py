@@ -231,6 +231,36 @@ def test_shutdown_interrupts_every_running_task(
     assert active == 0
 
 
+def _processes_with_argument(argument: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argument.encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_shutdown_during_launch_leaves_no_process_behind(
+        make_settings: Callable[..., OneshotSettings]) -> None:
+    """RUNNING is committed before the shim starts (write-ahead); a shutdown landing in that
+    window still stops the command once the launch completes, and reaps the launcher."""
+    duration = f"{30 + os.getpid() % 1000 / 1000:.3f}"  # a sleep argument unique to this run
+
+    async def body(orch: AsyncOrchestrator) -> Any:
+        handle = await orch.submit(["sleep", duration])
+        while (await orch.store.get_task(handle.id)).state is not TaskState.RUNNING:
+            await anyio.sleep(0.001)
+        orch.shutdown("orchestrator going away")
+        return await handle.result()
+
+    result = orchestrate(make_settings(), body)
+    assert result.state is TaskState.INTERRUPTED
+    assert _processes_with_argument(duration) == []
+
+
 def test_env_and_cwd_reach_the_command_and_tee_sees_every_byte(
         make_settings: Callable[..., OneshotSettings], tmp_path: Path) -> None:
     """The env and cwd given to submit() are the child's; the tee gets what the store gets."""
