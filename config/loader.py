@@ -98,7 +98,7 @@ def load_settings(
     for layer in reversed(layers):
         merged = _merge(merged, layer.data)
     sources: dict[str, str] = {}
-    for leaf in _leaf_paths():
+    for leaf, _ in _leaves():
         origin = _origin(layers, leaf)
         if origin is not None:
             sources[".".join(leaf)] = origin[0].label(origin[1])
@@ -115,24 +115,26 @@ def describe_settings(settings: OneshotSettings) -> list[SettingLine]:
     of settings constructed directly) is reported as ``"default"``.
     """
     lines: list[SettingLine] = []
-    for path in _leaf_paths():
+    for path, attributes in _leaves():
         key = ".".join(path)
         value: Any = settings
-        for part in path:
+        for part in attributes:
             value = getattr(value, part)
         display = _display(key, value, settings.secret_patterns)
         lines.append(SettingLine(key, display, settings.sources.get(key, "default")))
     return lines
 
 
-def _leaf_paths() -> Iterator[tuple[str, ...]]:
+def _leaves() -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Every leaf setting: its key path as users write it (an alias where a field has one,
+    e.g. ``database.schema``) and its attribute path on the settings object."""
     for name, field in OneshotSettings.model_fields.items():
         section = field.annotation
         if isinstance(section, type) and issubclass(section, BaseModel):
-            for sub in section.model_fields:
-                yield (name, sub)
+            for sub, subfield in section.model_fields.items():
+                yield (name, subfield.alias or sub), (name, sub)
         else:
-            yield (name,)
+            yield (name,), (name,)
 
 
 def _nest_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:

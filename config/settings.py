@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,7 +18,15 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -44,6 +53,9 @@ _SCHEME_ALIASES = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
 }
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+"""A PostgreSQL schema Oneshot may use: an identifier that needs no quoting (so the name in
+``search_path`` and in ``CREATE SCHEMA`` is the same, never case-folded) within NAMEDATALEN."""
 
 
 class ConfigError(ValueError):
@@ -141,6 +153,9 @@ class DatabaseSettings(_Section):
     auto_upgrade: bool = True  # opening the store migrates it to head
     commit_batch_max: int = Field(default=2000, ge=1)  # operations per group commit
     commit_max_wait_ms: float = Field(default=0.0, ge=0)  # wait to gather more work
+    # PostgreSQL only: the schema holding every table (and alembic_version); None: the
+    # server's search_path (usually "public"). Python name schema_: BaseModel has .schema().
+    schema_: str | None = Field(default=None, alias="schema")
 
     @field_validator("synchronous", mode="before")
     @classmethod
@@ -151,6 +166,19 @@ class DatabaseSettings(_Section):
     @classmethod
     def _normalize_url(cls, value: str) -> str:
         return normalize_database_url(value)
+
+    @field_validator("schema_")
+    @classmethod
+    def _check_schema(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not SCHEMA_NAME.fullmatch(value):
+            raise ValueError("not a schema name: lowercase letters, digits and '_', not "
+                             "starting with a digit, at most 63 characters")
+        url = info.data.get("url")  # absent when the URL itself was invalid
+        if url is not None and make_url(url).get_backend_name() != "postgresql":
+            raise ValueError("a schema can only be set for a PostgreSQL database")
+        return value
 
 
 class LogsSettings(_Section):
@@ -194,6 +222,14 @@ class RetrySettings(_Section):
     jitter: float = Field(default=0.5, ge=0)  # seconds
 
 
+class WorkerSettings(_Section):
+    """Scale-out: how long a lease lasts, how long a draining worker waits for its tasks."""
+
+    lease_seconds: float = Field(default=30.0, ge=1)  # heartbeats every third of it
+    drain_grace: float = Field(default=60.0, ge=0)  # seconds a SIGTERM'd worker waits
+    queues: StrList = Field(default_factory=lambda: ["default"])  # queues a worker takes from
+
+
 class WorkflowsSettings(_Section):
     modules: StrList = Field(default_factory=list)  # imported to register workflows
 
@@ -233,6 +269,7 @@ class OneshotSettings(BaseSettings):
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     concurrency: int = Field(default=4, ge=1)
     idle_threshold: float = Field(default=60.0, gt=0)  # seconds of silence before IDLE
     secret_patterns: StrList = Field(default_factory=lambda: list(DEFAULT_SECRET_PATTERNS))

@@ -16,6 +16,7 @@ from durable.exceptions import (
 )
 from durable.memory import MemoryStore
 from durable.persistence import PersistenceManager, store_from_settings
+from durable.postgres import PostgresStore
 from durable.records import LogFragment, NewTask, StepCheckpoint, Stream, TaskRecord, Transition
 from durable.retry import RetryPolicy
 from durable.states import TaskState
@@ -33,6 +34,7 @@ __all__ = [
     "NonDeterminismError",
     "OneshotError",
     "PersistenceManager",
+    "PostgresStore",
     "RetryPolicy",
     "SerializationError",
     "StateConflict",

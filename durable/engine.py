@@ -1,7 +1,8 @@
 """The one place that opens database connections and sets every SQLite pragma.
 
 Both the SQLAlchemy async engine (reads, migrations) and the raw writer connection are opened
-here, so they agree on WAL, foreign keys, busy timeout and the synchronous level.
+here, so they agree on WAL, foreign keys, busy timeout and the synchronous level. On
+PostgreSQL, every connection's ``search_path`` is set here to the configured schema.
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from config.settings import SCHEMA_NAME
 from durable.exceptions import DatabaseUnavailable
+
+if TYPE_CHECKING:
+    from config.settings import DatabaseSettings
 
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -29,14 +35,38 @@ class ConnectionOptions:
     url: str
     synchronous: str = "FULL"
     busy_timeout_ms: int = 5000
+    schema: str | None = None
+    """PostgreSQL only: the schema every connection works in (its ``search_path``)."""
+
+    def __post_init__(self) -> None:
+        if self.schema is None:
+            return
+        if not SCHEMA_NAME.fullmatch(self.schema):
+            raise ValueError(f"not a usable schema name: {self.schema!r}")
+        if not self.is_postgresql:
+            raise ValueError("a schema can only be set for a PostgreSQL database")
+
+    @classmethod
+    def from_settings(cls, database: DatabaseSettings) -> ConnectionOptions:
+        return cls(url=database.url, synchronous=database.synchronous,
+                   busy_timeout_ms=database.busy_timeout_ms, schema=database.schema_)
 
     @property
     def sa_url(self) -> URL:
         return make_url(self.url)
 
     @property
+    def display_url(self) -> str:
+        """The URL with its password masked, for messages."""
+        return self.sa_url.render_as_string(hide_password=True)
+
+    @property
     def is_sqlite(self) -> bool:
         return self.sa_url.get_backend_name() == "sqlite"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.sa_url.get_backend_name() == "postgresql"
 
     @property
     def sqlite_path(self) -> Path | None:
@@ -47,6 +77,34 @@ class ConnectionOptions:
         if not database or database == ":memory:":
             raise DatabaseUnavailable(self.url, "an in-memory SQLite database cannot be shared")
         return Path(database)
+
+
+_UNAVAILABLE_SQLSTATES = ("08", "28", "3D", "53300", "57P")
+"""SQLSTATE prefixes meaning the server cannot be used: connection exception, invalid
+authorization, no such database, too many connections, shutting down or starting up."""
+
+
+def driver_message(exc: BaseException) -> str:
+    """The first line of a driver error (of the DB-API error SQLAlchemy wraps), or its type."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    text = str(orig).strip()
+    return text.splitlines()[0] if text else type(orig).__name__
+
+
+def server_problem(exc: BaseException) -> str | None:
+    """Why a database server cannot be used, if ``exc`` says so (unreachable, refused the
+    login, no such database, connection lost), as one line; None for any other error."""
+    if isinstance(exc, OSError):  # refused, unknown host, timed out: before any protocol
+        return f"cannot connect ({driver_message(exc)})"
+    if not isinstance(exc, DBAPIError):
+        return None
+    message = driver_message(exc)
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    if exc.connection_invalidated:
+        return f"connection lost ({message})"
+    if sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
+        return message
+    return None
 
 
 def sqlite_pragmas(options: ConnectionOptions) -> list[str]:
@@ -110,9 +168,20 @@ def connect_sqlite(options: ConnectionOptions) -> sqlite3.Connection:
     return conn
 
 
+def _server_connect_args(options: ConnectionOptions) -> dict[str, Any]:
+    """Driver arguments that put a PostgreSQL connection in the configured schema. Set at
+    connect time (not per transaction), so migrations, ``alembic_version`` and every query
+    see the same schema without naming it."""
+    if options.schema is None:
+        return {}
+    if options.sa_url.get_driver_name() == "asyncpg":
+        return {"server_settings": {"search_path": options.schema}}
+    return {"options": f"-csearch_path={options.schema}"}  # psycopg: libpq's options
+
+
 def create_engine(options: ConnectionOptions) -> AsyncEngine:
     """The SQLAlchemy async engine (aiosqlite or asyncpg) with Oneshot's connection setup."""
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"connect_args": _server_connect_args(options)}
     if options.is_sqlite:
         prepare_sqlite_file(options)
         # aiosqlite runs each connection in its own thread; a small pool of readers is
@@ -141,4 +210,5 @@ def create_null_pool_engine(options: ConnectionOptions) -> AsyncEngine:
     if options.is_sqlite:
         # An unusable path is reported as DatabaseUnavailable naming it, not a driver error.
         prepare_sqlite_file(options)
-    return create_async_engine(options.url, poolclass=NullPool)
+    return create_async_engine(options.url, poolclass=NullPool,
+                               connect_args=_server_connect_args(options))

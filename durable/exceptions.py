@@ -58,6 +58,15 @@ class StateConflict(OneshotError):
         self.actual = actual
 
 
+class LeaseLost(StoreError):
+    """This worker no longer holds the task: its lease expired and another worker took it
+    over (the fencing token changed). Nothing was written; the caller must stop touching it."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id}: lease lost (another worker took it over)")
+        self.task_id = task_id
+
+
 class CommandNotFound(OneshotError):
     """The program of a command task does not exist or is not executable."""
 

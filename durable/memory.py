@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from durable.exceptions import StateConflict, StoreError, TaskNotFound
+from durable.leases import DEFAULT_LEASE_SECONDS
 from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
@@ -19,6 +20,9 @@ from durable.records import (
     TaskRecord,
     TaskRef,
     Transition,
+    WorkerRecord,
+    WorkerState,
+    WorkerStatus,
 )
 from durable.states import TaskState
 from durable.store import SpoolOffsets, is_valid_id_prefix, resolve_prefix
@@ -34,6 +38,7 @@ class MemoryStore:
         self._seqs: dict[str, set[int]] = {}
         self._steps: dict[str, dict[int, StepCheckpoint]] = {}
         self._processes: dict[str, ProcessHandle] = {}
+        self._workers: dict[str, WorkerRecord] = {}
 
     async def open(self) -> None:
         return None
@@ -51,7 +56,7 @@ class MemoryStore:
             id=task.id, kind=task.kind, name=task.name, state=TaskState.CREATED,
             created_at=now, updated_at=now, argv=task.argv, cwd=task.cwd,
             workflow=task.workflow, input=task.input, queue=task.queue, options=task.options,
-            owner=task.owner,
+            owner=task.owner, lease_expires_at=task.lease_expires_at,
         )
         self._tasks[task.id] = record
         self._history[task.id] = [
@@ -79,6 +84,8 @@ class MemoryStore:
         if current is None or current.state != from_state:
             raise StateConflict(task_id, from_state, current.state if current else None)
         now = time.time()
+        if "owner" in fields:
+            fields["fence"] = current.fence + 1
         updated = replace(current, state=to_state, updated_at=now, **fields)
         self._tasks[task_id] = updated
         row = Transition(task_id, from_state, to_state, now, reason, worker, updated.attempt)
@@ -103,15 +110,53 @@ class MemoryStore:
                 self._processes[task_id], stdout_offset=stdout_offset, stderr_offset=stderr_offset
             )
 
-    async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
+    async def claim(self, *, worker: str, queues: Sequence[str] = ("default",), limit: int = 1,
+                    lease_seconds: float = DEFAULT_LEASE_SECONDS) -> list[TaskRecord]:
+        now = time.time()
+        claimed: list[TaskRecord] = []
         for record in sorted(self._tasks.values(), key=lambda r: r.created_at):
+            if len(claimed) == limit:
+                break
             if record.state == TaskState.CREATED and record.owner is None and (
-                record.queue == queue
+                record.queue in queues
             ):
-                claimed = replace(record, owner=worker, updated_at=time.time())
-                self._tasks[record.id] = claimed
-                return claimed
-        return None
+                taken = replace(record, owner=worker, updated_at=now, fence=record.fence + 1,
+                                lease_expires_at=now + lease_seconds)
+                self._tasks[record.id] = taken
+                claimed.append(taken)
+        return claimed
+
+    async def save_worker(self, worker: WorkerRecord) -> None:
+        self._workers[worker.id] = worker
+
+    async def heartbeat(self, worker_id: str, *, state: WorkerState = "active",
+                        lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
+        """One process owns everything in memory: nothing can be taken over, nothing lost."""
+        now = time.time()
+        expires = now + lease_seconds
+        if worker_id in self._workers:
+            self._workers[worker_id] = replace(self._workers[worker_id], heartbeat_at=now,
+                                               lease_expires_at=expires, state=state)
+        for record in list(self._tasks.values()):
+            if record.owner == worker_id and not record.state.is_terminal:
+                self._tasks[record.id] = replace(record, lease_expires_at=expires)
+        return set()
+
+    async def release_lease(self, task_id: str) -> None:
+        record = self._tasks.get(task_id)
+        if record is not None:
+            self._tasks[task_id] = replace(record, owner=None, lease_expires_at=time.time(),
+                                           fence=record.fence + 1)
+
+    async def list_workers(self, *, include_stopped: bool = False) -> list[WorkerStatus]:
+        rows = []
+        for worker in sorted(self._workers.values(), key=lambda w: -w.heartbeat_at):
+            if worker.state == "stopped" and not include_stopped:
+                continue
+            owned = [r for r in self._tasks.values() if r.owner == worker.id]
+            finished = sum(1 for r in owned if r.state.is_terminal)
+            rows.append(WorkerStatus(worker, len(owned) - finished, finished))
+        return rows
 
     async def get_task(self, task_id: str) -> TaskRecord:
         if not is_valid_id_prefix(task_id):
@@ -177,8 +222,8 @@ class MemoryStore:
 
     async def unfinished_tasks(self) -> list[TaskRef]:
         rows = sorted(self._tasks.values(), key=lambda r: r.created_at)
-        return [TaskRef(r.id, r.kind, r.state.value, r.owner, record=r) for r in rows
-                if not r.state.is_terminal]
+        return [TaskRef(r.id, r.kind, r.state.value, r.owner, r.lease_expires_at, record=r)
+                for r in rows if not r.state.is_terminal]
 
     async def fail_corrupt(self, task_id: str, found_state: str, reason: str) -> None:
         current = self._tasks.get(task_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal
 
 from durable.states import TaskState
 
@@ -41,6 +41,8 @@ class NewTask:
     """The worker running it; None leaves it in the queue for any worker to claim."""
     options: str | None = None
     """A command's run options as JSON (see ``orchestrator.options.RunOptions``)."""
+    lease_expires_at: float | None = None
+    """With ``owner``: until when the owner holds it without a heartbeat."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,9 @@ class TaskRecord:
     options: str | None = None
     log_dropped_bytes: int = 0
     """Bytes of the oldest output deleted by retention (the rest is the newest output)."""
+    lease_expires_at: float | None = None
+    fence: int = 0
+    """The fencing token: incremented whenever the owner changes (see ``durable.leases``)."""
 
     def as_json(self) -> dict[str, Any]:
         """The stable field names of ``ls --json`` / ``show --json``."""
@@ -97,6 +102,7 @@ class TaskRef:
     kind: str
     state: str
     owner: str | None
+    lease_expires_at: float | None = None
     record: TaskRecord | None = None
     problem: str | None = None
 
@@ -192,6 +198,37 @@ class ProcessHandle:
 
 
 TASK_UPDATABLE_FIELDS = frozenset(
-    {"started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner", "options"}
+    {"started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner", "options",
+     "lease_expires_at"}
 )
 """Columns of ``tasks`` a transition may set together with the new state."""
+
+
+WorkerState = Literal["active", "draining", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One row of ``workers``: a worker process, its heartbeat and lease."""
+
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    state: WorkerState
+    started_at: float
+    heartbeat_at: float
+    lease_expires_at: float
+    stopped_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """What ``oneshot workers`` shows: a worker and the tasks it owns."""
+
+    worker: WorkerRecord
+    running: int
+    """Tasks it owns that have not ended."""
+    finished: int
+    """Tasks it owned when they ended."""

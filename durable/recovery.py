@@ -1,14 +1,16 @@
 """Finding interrupted work: tasks left unfinished by an orchestrator that is gone.
 
-An owner id is ``host:pid:nonce``. On this host an owner is gone when its pid no longer exists,
-or when it is this very process and the owner is not one of its live orchestrators. An owner on
-another host cannot be judged from here and is left alone (leases will settle that case).
+An owner id is ``host:pid:nonce``. An owner is gone when its lease has expired (it has not
+heartbeated for ``worker.lease_seconds``: dead, paused or cut off, on any host), and, sooner, on
+this host, when its pid no longer exists, or when it is this very process and the owner is not
+one of its live orchestrators.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,13 +68,15 @@ async def find_orphans(store: Store) -> Orphans:
     """
     tasks, corrupt = [], []
     gone: dict[str, bool] = {}
+    now = time.time()
     for ref in await store.unfinished_tasks():
         if ref.owner is None and ref.state == TaskState.CREATED.value:
             continue  # queued: a worker claims it
         if ref.owner is not None:
             if ref.owner not in gone:
                 gone[ref.owner] = owner_is_gone(ref.owner)
-            if not gone[ref.owner]:
+            expired = ref.lease_expires_at is not None and ref.lease_expires_at < now
+            if not (gone[ref.owner] or expired):
                 continue
         if ref.record is not None:
             tasks.append(ref.record)

@@ -13,13 +13,14 @@ from durable.records import (
     Stream,
     TaskRecord,
     Transition,
+    WorkerRecord,
 )
 from durable.states import TaskState
 
 TASK_COLUMNS = (
     "id", "name", "kind", "argv", "cwd", "workflow", "input", "queue", "state", "created_at",
     "updated_at", "started_at", "finished_at", "exit_code", "result", "error", "attempt", "owner",
-    "options", "log_dropped_bytes",
+    "options", "log_dropped_bytes", "lease_expires_at", "fence",
 )
 
 
@@ -50,6 +51,8 @@ def task_from_row(row: Mapping[str, Any]) -> TaskRecord:
         owner=row["owner"],
         options=row["options"],
         log_dropped_bytes=row["log_dropped_bytes"],
+        lease_expires_at=row["lease_expires_at"],
+        fence=row["fence"],
     )
 
 
@@ -98,3 +101,14 @@ HANDLE_COLUMNS = (
 
 def handle_from_row(row: Mapping[str, Any]) -> ProcessHandle:
     return ProcessHandle(**{column: row[column] for column in HANDLE_COLUMNS})
+
+
+WORKER_COLUMNS = (
+    "id", "host", "pid", "queues", "concurrency", "state", "started_at", "heartbeat_at",
+    "lease_expires_at", "stopped_at",
+)
+
+
+def worker_from_row(row: Mapping[str, Any]) -> WorkerRecord:
+    values = {column: row[column] for column in WORKER_COLUMNS}
+    return WorkerRecord(**{**values, "queues": json.loads(values["queues"])})

@@ -54,7 +54,13 @@ tasks = Table(
     Column("options", Text),  # JSON: a command's run options (timeouts, on_lost)
     # Output bytes retention deleted (oldest first); `oneshot logs` reports it.
     Column("log_dropped_bytes", BigInteger, nullable=False, server_default="0"),
+    # The owner's lease: heartbeats push it forward; once it passes, the task is an orphan.
+    Column("lease_expires_at", Float),
+    # Fencing token: +1 whenever the owner changes (claim, takeover). A store writes to a
+    # task it holds only while the token is still the one it got.
+    Column("fence", BigInteger, nullable=False, server_default="0"),
     Index(None, "state", "created_at"),
+    Index(None, "owner"),  # heartbeats and `oneshot workers` find a worker's tasks
     Index(None, "created_at"),
     Index(None, "finished_at"),  # retention: finished tasks by age
 )
@@ -133,4 +139,20 @@ process_handles = Table(
     Column("pgid", Integer),
     Column("stdout_offset", BigInteger, nullable=False, server_default="0"),
     Column("stderr_offset", BigInteger, nullable=False, server_default="0"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("queues", Text, nullable=False),  # JSON list of queue names
+    Column("concurrency", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # active, draining, stopped
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("lease_expires_at", Float, nullable=False),
+    Column("stopped_at", Float),
+    Index(None, "heartbeat_at"),
 )

@@ -8,6 +8,7 @@ drawn from :data:`durable.records.TASK_UPDATABLE_FIELDS`, never from input.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from durable.exceptions import StateConflict, StoreError
+from durable.exceptions import LeaseLost, StateConflict, StoreError
 from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
@@ -24,14 +25,16 @@ from durable.records import (
     StepCheckpoint,
     TaskRecord,
     Transition,
+    WorkerRecord,
 )
-from durable.rows import HANDLE_COLUMNS, TASK_COLUMNS, encode_argv, task_from_row
-from durable.states import TaskState
+from durable.rows import HANDLE_COLUMNS, TASK_COLUMNS, WORKER_COLUMNS, encode_argv, task_from_row
+from durable.states import TERMINAL_STATES, TaskState
 from durable.store import SpoolOffsets
 
 _INSERT_TASK = (
     "INSERT INTO tasks (id, name, kind, argv, cwd, workflow, input, queue, state, created_at,"
-    " updated_at, attempt, owner, options) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+    " updated_at, attempt, owner, options, lease_expires_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
 )
 _INSERT_HISTORY = (
     "INSERT INTO task_states (task_id, from_state, to_state, at, reason, worker, attempt)"
@@ -54,20 +57,47 @@ _SAVE_PROCESS = (
 _UPDATE_OFFSETS = (
     "UPDATE process_handles SET stdout_offset = ?, stderr_offset = ? WHERE task_id = ?"
 )
-_CLAIM = (
-    "UPDATE tasks SET owner = ?, updated_at = ? WHERE id = ("
-    " SELECT id FROM tasks WHERE state = 'CREATED' AND owner IS NULL AND queue = ?"
-    " ORDER BY created_at LIMIT 1) RETURNING " + ", ".join(TASK_COLUMNS)
+_UNFINISHED = "state NOT IN (" + ", ".join(f"'{s.value}'" for s in TERMINAL_STATES) + ")"
+_SAVE_WORKER = (
+    "INSERT OR REPLACE INTO workers (" + ", ".join(WORKER_COLUMNS) + ") VALUES ("
+    + ", ".join("?" for _ in WORKER_COLUMNS) + ")"
 )
+_HEARTBEAT_WORKER = (
+    "UPDATE workers SET heartbeat_at = ?, lease_expires_at = ?, state = ? WHERE id = ?"
+)
+_EXTEND_LEASES = f"UPDATE tasks SET lease_expires_at = ? WHERE owner = ? AND {_UNFINISHED}"
 
 
 @cache
-def _update_sql(columns: tuple[str, ...]) -> str:
+def _claim_sql(queues: int) -> str:
+    """Take up to ``?`` oldest unowned CREATED tasks of ``queues`` queues (placeholders)."""
+    return (
+        "UPDATE tasks SET owner = ?, fence = fence + 1, lease_expires_at = ?, updated_at = ?"
+        " WHERE id IN (SELECT id FROM tasks WHERE state = 'CREATED' AND owner IS NULL"
+        f" AND queue IN ({', '.join('?' for _ in range(queues))}) ORDER BY created_at LIMIT ?)"
+        " RETURNING " + ", ".join(TASK_COLUMNS)
+    )
+
+
+@cache
+def _update_sql(columns: tuple[str, ...], fenced: bool) -> str:
     extra = "".join(f", {column} = ?" for column in columns)
+    if "owner" in columns:  # a new owner starts a new lease: a new fencing token
+        extra += ", fence = fence + 1"
+    guard = " AND fence = ?" if fenced else ""
     return (
         f"UPDATE tasks SET state = ?, updated_at = ?{extra}"
-        " WHERE id = ? AND state = ? RETURNING attempt"
+        f" WHERE id = ? AND state = ?{guard} RETURNING attempt, fence"
     )
+
+
+def _check_fence(cur: sqlite3.Cursor, task_id: str, fence: int | None) -> None:
+    """Raise LeaseLost unless the task still carries ``fence`` (None: not fenced)."""
+    if fence is None:
+        return
+    row = cur.execute("SELECT fence FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is not None and row[0] != fence:
+        raise LeaseLost(task_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +111,7 @@ class CreateTask:
         cur.execute(
             _INSERT_TASK,
             (t.id, t.name, t.kind, encode_argv(t.argv), t.cwd, t.workflow, t.input, t.queue,
-             TaskState.CREATED.value, now, now, t.owner, t.options),
+             TaskState.CREATED.value, now, now, t.owner, t.options, t.lease_expires_at),
         )
         cur.execute(
             _INSERT_HISTORY, (t.id, None, TaskState.CREATED.value, now, self.reason, self.worker, 1)
@@ -89,7 +119,7 @@ class CreateTask:
         return TaskRecord(
             id=t.id, kind=t.kind, name=t.name, state=TaskState.CREATED, created_at=now,
             updated_at=now, argv=t.argv, cwd=t.cwd, workflow=t.workflow, input=t.input,
-            queue=t.queue, owner=t.owner, options=t.options,
+            queue=t.queue, owner=t.owner, options=t.options, lease_expires_at=t.lease_expires_at,
         )
 
 
@@ -101,37 +131,46 @@ class MoveTask:
     reason: str | None
     worker: str | None
     fields: Mapping[str, Any] = field(default_factory=dict)
+    fence: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - TASK_UPDATABLE_FIELDS
         if unknown:
             raise StoreError(f"cannot set {sorted(unknown)} with a transition")
 
-    def apply(self, cur: sqlite3.Cursor) -> Transition:
+    def apply(self, cur: sqlite3.Cursor) -> tuple[Transition, int]:
+        """The history row and the task's fencing token after the move."""
         now = time.time()
         columns = tuple(sorted(self.fields))
         params = (self.to_state.value, now, *(self.fields[c] for c in columns),
                   self.task_id, self.from_state.value)
-        row = cur.execute(_update_sql(columns), params).fetchone()
+        if self.fence is not None:
+            params = (*params, self.fence)
+        row = cur.execute(_update_sql(columns, self.fence is not None), params).fetchone()
         if row is None:
+            _check_fence(cur, self.task_id, self.fence)
             found = cur.execute("SELECT state FROM tasks WHERE id = ?", (self.task_id,)).fetchone()
             raise StateConflict(self.task_id, self.from_state, found[0] if found else None)
-        attempt = row[0]
+        attempt, fence = row
         cur.execute(
             _INSERT_HISTORY,
             (self.task_id, self.from_state.value, self.to_state.value, now, self.reason,
              self.worker, attempt),
         )
         return Transition(self.task_id, self.from_state, self.to_state, now, self.reason,
-                          self.worker, attempt)
+                          self.worker, attempt), fence
 
 
 @dataclass(frozen=True, slots=True)
 class AppendLogs:
     fragments: Sequence[LogFragment]
     offsets: SpoolOffsets | None = None
+    fences: Mapping[str, int] = field(default_factory=dict)
+    """The fencing token of each held task the fragments belong to."""
 
     def apply(self, cur: sqlite3.Cursor) -> None:
+        for task_id, fence in self.fences.items():
+            _check_fence(cur, task_id, fence)
         cur.executemany(
             _INSERT_FRAGMENT,
             [(f.task_id, f.seq, int(f.stream), f.at, f.data) for f in self.fragments],
@@ -144,30 +183,85 @@ class AppendLogs:
 @dataclass(frozen=True, slots=True)
 class SaveProcess:
     handle: ProcessHandle
+    fence: int | None = None
 
     def apply(self, cur: sqlite3.Cursor) -> None:
+        _check_fence(cur, self.handle.task_id, self.fence)
         values = [getattr(self.handle, column) for column in HANDLE_COLUMNS]
         cur.execute(_SAVE_PROCESS, values)
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimTask:
+class ClaimTasks:
     worker: str
-    queue: str
+    queues: Sequence[str]
+    limit: int
+    lease_seconds: float
 
-    def apply(self, cur: sqlite3.Cursor) -> TaskRecord | None:
-        cur.execute(_CLAIM, (self.worker, time.time(), self.queue))
-        row = cur.fetchone()
-        if row is None:
-            return None
-        return task_from_row(dict(zip(TASK_COLUMNS, row, strict=True)))
+    def apply(self, cur: sqlite3.Cursor) -> list[TaskRecord]:
+        now = time.time()
+        cur.execute(_claim_sql(len(self.queues)),
+                    (self.worker, now + self.lease_seconds, now, *self.queues, self.limit))
+        records = [task_from_row(dict(zip(TASK_COLUMNS, row, strict=True)))
+                   for row in cur.fetchall()]
+        return sorted(records, key=lambda r: r.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class SaveWorker:
+    worker: WorkerRecord
+
+    def apply(self, cur: sqlite3.Cursor) -> None:
+        w = self.worker
+        values = {column: getattr(w, column) for column in WORKER_COLUMNS}
+        values["queues"] = json.dumps(w.queues)
+        cur.execute(_SAVE_WORKER, [values[column] for column in WORKER_COLUMNS])
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    worker_id: str
+    state: str
+    lease_seconds: float
+    held: Sequence[str]
+
+    def apply(self, cur: sqlite3.Cursor) -> dict[str, tuple[str | None, int]]:
+        """Push the worker's lease and those of its unfinished tasks; the (owner, fence) of
+        each task in ``held``."""
+        now = time.time()
+        expires = now + self.lease_seconds
+        cur.execute(_HEARTBEAT_WORKER, (now, expires, self.state, self.worker_id))
+        cur.execute(_EXTEND_LEASES, (expires, self.worker_id))
+        found: dict[str, tuple[str | None, int]] = {}
+        for start in range(0, len(self.held), 500):
+            ids = self.held[start:start + 500]
+            marks = ", ".join("?" for _ in ids)
+            for task_id, owner, fence in cur.execute(
+                    f"SELECT id, owner, fence FROM tasks WHERE id IN ({marks})", ids):
+                found[task_id] = (owner, fence)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLease:
+    """Give up a held task: no owner, lease expired, a new fencing token, so any worker may
+    take it over at once and the one that let go can write nothing more for it."""
+
+    task_id: str
+    fence: int
+
+    def apply(self, cur: sqlite3.Cursor) -> None:
+        cur.execute("UPDATE tasks SET owner = NULL, lease_expires_at = ?, fence = fence + 1"
+                    " WHERE id = ? AND fence = ?", (time.time(), self.task_id, self.fence))
 
 
 @dataclass(frozen=True, slots=True)
 class SaveStep:
     step: StepCheckpoint
+    fence: int | None = None
 
     def apply(self, cur: sqlite3.Cursor) -> None:
+        _check_fence(cur, self.step.task_id, self.fence)
         s = self.step
         cur.execute(
             _SAVE_STEP,
@@ -195,7 +289,8 @@ class FailCorrupt:
                                       self.reason, None, row[0]))
 
 
-WriteOp = CreateTask | MoveTask | AppendLogs | ClaimTask | SaveStep | SaveProcess | FailCorrupt
+WriteOp = (CreateTask | MoveTask | AppendLogs | ClaimTasks | SaveStep | SaveProcess
+           | FailCorrupt | SaveWorker | Heartbeat | ReleaseLease)
 
 
 def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:

@@ -6,7 +6,10 @@ for reads and migrations and a group-commit writer for writes) and
 tests run against both.
 
 Write methods return only after the change is committed (write-ahead): a caller may act on the
-new state as soon as the call returns, and never before.
+new state as soon as the call returns, and never before. Writes for a task the store holds
+(created with an owner, claimed, or taken over through it) are fenced: they raise
+:class:`durable.exceptions.LeaseLost` once another worker has taken the task over (see
+:mod:`durable.leases`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from durable.exceptions import TaskNotFound
+from durable.leases import DEFAULT_LEASE_SECONDS
 from durable.records import (
     LogFragment,
     NewTask,
@@ -24,6 +28,9 @@ from durable.records import (
     TaskRecord,
     TaskRef,
     Transition,
+    WorkerRecord,
+    WorkerState,
+    WorkerStatus,
 )
 from durable.states import TaskState
 
@@ -71,8 +78,28 @@ class Store(Protocol):
         resumes exactly where the stored output ends.
         """
 
-    async def claim_next(self, *, worker: str, queue: str = "default") -> TaskRecord | None:
-        """Atomically take the oldest unowned CREATED task of ``queue`` for ``worker``."""
+    async def claim(self, *, worker: str, queues: Sequence[str] = ("default",), limit: int = 1,
+                    lease_seconds: float = DEFAULT_LEASE_SECONDS) -> list[TaskRecord]:
+        """Atomically take up to ``limit`` of the oldest unowned CREATED tasks of ``queues``
+        for ``worker``, oldest first: owner set, lease started, fencing token incremented.
+        Concurrent claimers (other workers, other machines) never get the same task."""
+
+    async def save_worker(self, worker: WorkerRecord) -> None:
+        """Record (or replace) a worker's row: on start, on a state change, on stop."""
+
+    async def heartbeat(self, worker_id: str, *, state: WorkerState = "active",
+                        lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
+        """Push the leases of the worker and of every unfinished task it owns to now +
+        ``lease_seconds``; return the tasks this store held that it no longer owns (taken
+        over after its lease expired): it must stop touching them."""
+
+    async def release_lease(self, task_id: str) -> None:
+        """Give up a held task without ending it: no owner, its lease expired, a new fencing
+        token; any worker may take it over at once, and this store writes nothing more for it."""
+
+    async def list_workers(self, *, include_stopped: bool = False) -> list[WorkerStatus]:
+        """Workers by last heartbeat, newest first, with the counts of tasks they own;
+        stopped ones only if asked."""
 
     async def get_task(self, task_id: str) -> TaskRecord:
         """One task by id or unique id prefix; raises :class:`TaskNotFound`."""

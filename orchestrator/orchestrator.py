@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
@@ -22,9 +24,9 @@ from anyio.abc import TaskGroup
 from config import OneshotSettings, load_settings
 from durable.context import current_runtime, default_retry_policy
 from durable.engine import ConnectionOptions
-from durable.exceptions import WorkflowFailed, WorkflowNotRegistered
+from durable.exceptions import LeaseLost, StoreError, WorkflowFailed, WorkflowNotRegistered
 from durable.persistence import store_from_settings
-from durable.records import LogFragment, NewTask, Stream, TaskKind, TaskRecord
+from durable.records import LogFragment, NewTask, Stream, TaskKind, TaskRecord, WorkerState
 from durable.recovery import LIVE_OWNERS
 from durable.retry import RetryPolicy
 from durable.serialization import load
@@ -35,8 +37,11 @@ from orchestrator.logcapture import Tee
 from orchestrator.logview import OutputQuery, read_output
 from orchestrator.options import RunOptions
 from orchestrator.recovery import recover_orphans
-from orchestrator.task import CaptureOptions, OneshotTask, Reattachment, TaskResult
+from orchestrator.states import OneshotStateMachine
+from orchestrator.task import CaptureOptions, LetGo, OneshotTask, Reattachment, TaskResult
 from orchestrator.workflow_task import WorkflowTask, describe_error
+
+logger = logging.getLogger(__name__)
 
 
 def new_task_id() -> str:
@@ -51,6 +56,8 @@ class Runner(Protocol):
     """What a handle drives: :class:`OneshotTask` or :class:`WorkflowTask`."""
 
     interrupt_reason: str
+    let_go: LetGo | None
+    machine: OneshotStateMachine
 
     async def run(self) -> TaskResult: ...
 
@@ -85,6 +92,12 @@ class TaskHandle:
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
+    def let_go(self, why: LetGo) -> None:
+        """Stop following the task without ending it or its process (see :class:`LetGo`)."""
+        self._runner.let_go = why
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
 
 @dataclass(eq=False)
 class WorkflowHandle(TaskHandle):
@@ -113,6 +126,8 @@ class AsyncOrchestrator:
         self.settings = settings if settings is not None else load_settings()
         self.store = store if store is not None else store_from_settings(self.settings)
         self.worker_id = worker_id or new_worker_id()
+        self.lease_seconds = self.settings.worker.lease_seconds
+        self.worker_state: WorkerState = "active"
         self.limiter = anyio.CapacityLimiter(self.settings.concurrency)
         self._temporary_spool: Path | None = None
         self.capture_options = CaptureOptions(
@@ -125,6 +140,8 @@ class AsyncOrchestrator:
         self.default_retry = RetryPolicy.from_settings(self.settings.retry)
         self._handles: dict[str, TaskHandle] = {}
         self._group: TaskGroup | None = None
+        self._services: TaskGroup | None = None
+        self._task_ended = anyio.Event()
         self._context_tokens: list[contextvars.Token[Any]] = []
 
     def _spool_dir(self) -> Path:
@@ -144,6 +161,11 @@ class AsyncOrchestrator:
 
     async def __aenter__(self) -> AsyncOrchestrator:
         await self.store.open()
+        # Two groups: the services (heartbeat) outlive the tasks, which leaving the block
+        # waits for while their leases are still being kept.
+        self._services = anyio.create_task_group()
+        await self._services.__aenter__()
+        self._services.start_soon(self._heartbeat, name="heartbeat")
         self._group = anyio.create_task_group()
         await self._group.__aenter__()
         LIVE_OWNERS.add(self.worker_id)
@@ -159,9 +181,14 @@ class AsyncOrchestrator:
         if exc is not None:
             self.shutdown(f"orchestrator stopped: {exc_type.__name__ if exc_type else exc}")
         try:
-            return await self._group.__aexit__(exc_type, exc, tb)
+            try:
+                return await self._group.__aexit__(exc_type, exc, tb)
+            finally:
+                assert self._services is not None
+                self._services.cancel_scope.cancel()
+                await self._services.__aexit__(None, None, None)
         finally:
-            self._group = None
+            self._group = self._services = None
             LIVE_OWNERS.discard(self.worker_id)
             with anyio.CancelScope(shield=True):
                 await self.store.close()
@@ -186,6 +213,7 @@ class AsyncOrchestrator:
         """Create a command task (committed, owned by this orchestrator) and start it."""
         task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=list(argv),
                        cwd=cwd or os.getcwd(), owner=self.worker_id,
+                       lease_expires_at=self.lease_expiry(),
                        options=(options or RunOptions()).to_json())
         record = await self.store.create_task(task, reason="submitted", worker=self.worker_id)
         return self.start_task(record, env=env, tee=tee)
@@ -200,11 +228,23 @@ class AsyncOrchestrator:
         """Start a workflow durably: its input is committed before it runs."""
         task = NewTask(id=new_task_id(), kind=TaskKind.WORKFLOW, name=wf.name,
                        workflow=wf.name, input=wf.codec.dump(args, kwargs, wf.name),
-                       owner=self.worker_id)
+                       owner=self.worker_id, lease_expires_at=self.lease_expiry())
         record = await self.store.create_task(task, reason="submitted", worker=self.worker_id)
         handle = self.start_task(record)
         assert isinstance(handle, WorkflowHandle)
         return handle
+
+    async def enqueue(self, wf: Workflow[Any, Any], /, *args: Any, **kwargs: Any) -> str:
+        """Queue a workflow on the ``default`` queue for any worker; returns the task id."""
+        return await self.enqueue_to("default", wf, *args, **kwargs)
+
+    async def enqueue_to(self, queue: str, wf: Workflow[Any, Any], /, *args: Any,
+                         **kwargs: Any) -> str:
+        """Queue a workflow (input committed, no owner) on ``queue``; returns the task id."""
+        task = NewTask(id=new_task_id(), kind=TaskKind.WORKFLOW, name=wf.name,
+                       workflow=wf.name, input=wf.codec.dump(args, kwargs, wf.name), queue=queue)
+        await self.store.create_task(task, reason=f"queued on {queue}")
+        return task.id
 
     async def run_workflow(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
                            ) -> Any:
@@ -235,17 +275,57 @@ class AsyncOrchestrator:
 
     async def _run_task(self, handle: TaskHandle,
                         limiter: anyio.CapacityLimiter | contextlib.nullcontext[None]) -> None:
+        runner = handle._runner
         try:
-            with anyio.CancelScope() as scope:
-                handle._cancel_scope = scope
-                async with limiter:
-                    handle._result = await handle._runner.run()
-            if handle._result is None:  # cancelled, perhaps before it could start
+            try:
+                with anyio.CancelScope() as scope:
+                    handle._cancel_scope = scope
+                    async with limiter:
+                        handle._result = await runner.run()
+            except* LeaseLost:
+                runner.let_go = LetGo.LEASE_LOST  # a fenced write found another owner
+            if handle._result is None:  # cancelled or let go, perhaps before it could start
                 with anyio.CancelScope(shield=True):
-                    handle._result = await handle._runner.settle_interrupted()
+                    handle._result = await self._settle(handle.id, runner)
         finally:
             handle._done.set()
             del self._handles[handle.id]
+            self._task_ended.set()
+            self._task_ended = anyio.Event()
+
+    async def _settle(self, task_id: str, runner: Runner) -> TaskResult:
+        if runner.let_go is None:
+            return await runner.settle_interrupted()
+        if runner.let_go is LetGo.HAND_OVER:
+            await self.store.release_lease(task_id)
+        else:
+            logger.warning("task %s: %s; this worker stops following it", task_id,
+                           runner.let_go.value)
+        return TaskResult(task_id, runner.machine.state, None, runner.let_go.value)
+
+    async def wait_for_task_end(self) -> None:
+        """Return when any task started here ends."""
+        await self._task_ended.wait()
+
+    def lease_expiry(self) -> float:
+        return time.time() + self.lease_seconds
+
+    async def _heartbeat(self) -> None:
+        """Keep this orchestrator's leases (and its ``workers`` row, if any) alive; let go of
+        tasks another worker took over while this one could not heartbeat (paused, cut off)."""
+        while True:
+            await anyio.sleep(self.lease_seconds / 3)
+            try:
+                lost = await self.store.heartbeat(self.worker_id, state=self.worker_state,
+                                                  lease_seconds=self.lease_seconds)
+            except StoreError as exc:
+                logger.warning("heartbeat failed (leases expire in at most %.0f s): %s",
+                               self.lease_seconds, exc)
+                continue
+            for task_id in lost:
+                handle = self._handles.get(task_id)
+                if handle is not None and not handle.done:
+                    handle.let_go(LetGo.LEASE_LOST)
 
     async def recover(self, only: str | None = None) -> list[TaskHandle]:
         """Resume what was interrupted (or only task ``only``); see
@@ -273,6 +353,13 @@ class AsyncOrchestrator:
         for handle in list(self._handles.values()):
             if not handle.done:
                 handle.cancel(reason)
+
+    def hand_over(self) -> None:
+        """Let go of every running task, leaving its process running and its lease expired,
+        so another worker takes it over at once (reattaching where it can)."""
+        for handle in list(self._handles.values()):
+            if not handle.done:
+                handle.let_go(LetGo.HAND_OVER)
 
 
 def _result_type(record: TaskRecord) -> Any:

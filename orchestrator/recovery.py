@@ -77,45 +77,57 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
         if only is None or ref.id == only:
             with contextlib.suppress(StateConflict):
                 await orch.store.fail_corrupt(ref.id, ref.state, f"corrupt state: {problem}")
-    handles: list[TaskHandle] = []
     limiter = anyio.CapacityLimiter(RECOVERY_CONCURRENCY)
-    # Read before the takeovers, in two queries for all: a takeover succeeds only if nobody
-    # touched the task since, so these facts are still true for every task we take.
+    taken: list[TaskRecord] = []
+
+    async def take(record: TaskRecord) -> None:
+        async with limiter:
+            record_taken = await _take_over(orch, record)
+            if record_taken is not None:
+                taken.append(record_taken)
+
+    async with anyio.create_task_group() as group:
+        for record in orphans.tasks:
+            if only is None or record.id == only:
+                group.start_soon(take, record)
+    # Read after the takeovers, in two queries for all: the fence moved with each takeover,
+    # so a previous owner that is only paused can no longer add output behind these facts.
     facts = Facts(*await orch.store.recovery_facts(
-        [r.id for r in orphans.tasks if r.kind == TaskKind.COMMAND]))
+        [r.id for r in taken if r.kind == TaskKind.COMMAND]))
+    handles: list[TaskHandle] = []
 
     async def recover(record: TaskRecord) -> None:
         async with limiter:
-            taken = await _take_over(orch, record)
-            if taken is None:
-                return
             try:
-                handle = await _recover_one(orch, taken, facts)
+                handle = await _recover_one(orch, record, facts)
             except (ValueError, KeyError, TypeError) as exc:
-                await _end(orch, taken, TaskState.FAILED, f"corrupt state: {exc}")
+                await _end(orch, record, TaskState.FAILED, f"corrupt state: {exc}")
                 return
             if handle is not None:
                 handles.append(handle)
 
     async with anyio.create_task_group() as group:
-        for record in orphans.tasks:
-            if only is None or record.id == only:
-                group.start_soon(recover, record)
+        for record in taken:
+            group.start_soon(recover, record)
     return handles
 
 
 async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord | None:
     """Become the owner (guarded); a workflow's resumption counts as a new attempt."""
     attempt = record.attempt + (1 if record.kind == TaskKind.WORKFLOW else 0)
+    lease = orch.lease_expiry()
     try:
         await orch.store.transition(
             record.id, record.state, TaskState.RECOVERING,
-            reason=f"owner {record.owner} is gone; recovered by {orch.worker_id}",
-            worker=orch.worker_id, fields={"owner": orch.worker_id, "attempt": attempt},
+            reason=(f"owner {record.owner} is gone" if record.owner is not None
+                    else "released by its owner") + f"; recovered by {orch.worker_id}",
+            worker=orch.worker_id,
+            fields={"owner": orch.worker_id, "attempt": attempt, "lease_expires_at": lease},
         )
     except StateConflict:
         return None  # someone else moved it first
-    return replace(record, state=TaskState.RECOVERING, owner=orch.worker_id, attempt=attempt)
+    return replace(record, state=TaskState.RECOVERING, owner=orch.worker_id, attempt=attempt,
+                   lease_expires_at=lease, fence=record.fence + 1)
 
 
 async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord, facts: Facts

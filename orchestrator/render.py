@@ -11,7 +11,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from durable.records import StepCheckpoint, StepStatus, TaskKind, TaskRecord, Transition
+from durable.records import (
+    StepCheckpoint,
+    StepStatus,
+    TaskKind,
+    TaskRecord,
+    Transition,
+    WorkerStatus,
+)
 from durable.states import TaskState
 from orchestrator.task import describe_exit
 from orchestrator.workflow_task import describe_error
@@ -140,3 +147,42 @@ def task_json(task: TaskRecord, history: Sequence[Transition],
     data["transitions"] = [row.as_json() for row in history]
     data["steps"] = [step.as_json() for step in steps]
     return data
+
+
+def worker_state(status: WorkerStatus, now: float) -> str:
+    """active / draining / stopped, or ``lost`` once a live worker's lease has expired."""
+    worker = status.worker
+    if worker.state != "stopped" and worker.lease_expires_at < now:
+        return "lost"
+    return worker.state
+
+
+WORKER_STYLES = {"active": "green", "draining": "yellow", "stopped": "dim", "lost": "bold red"}
+
+
+def workers_table(rows: Sequence[WorkerStatus], now: float) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("WORKER", "HOST", "PID", "STATE", "HEARTBEAT", "RUNNING", "FINISHED",
+                   "QUEUES", "STARTED"):
+        table.add_column(column, no_wrap=True)
+    for status in rows:
+        w = status.worker
+        state = worker_state(status, now)
+        table.add_row(
+            w.id, w.host, str(w.pid), Text(state, style=WORKER_STYLES[state]),
+            f"{duration(max(0.0, now - w.heartbeat_at))} ago",
+            f"{status.running}/{w.concurrency}", str(status.finished), ",".join(w.queues),
+            when(w.started_at),
+        )
+    return table
+
+
+def worker_json(status: WorkerStatus, now: float) -> dict[str, Any]:
+    w = status.worker
+    return {
+        "id": w.id, "host": w.host, "pid": w.pid, "state": worker_state(status, now),
+        "queues": w.queues, "concurrency": w.concurrency, "started_at": w.started_at,
+        "heartbeat_at": w.heartbeat_at, "heartbeat_age": now - w.heartbeat_at,
+        "lease_expires_at": w.lease_expires_at, "stopped_at": w.stopped_at,
+        "running": status.running, "finished": status.finished,
+    }

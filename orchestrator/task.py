@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import anyio
@@ -52,6 +53,14 @@ class TaskResult:
         return 128 - self.exit_code if self.exit_code < 0 else self.exit_code
 
 
+class LetGo(StrEnum):
+    """Why a worker stops following a task it does not end: nothing is stopped, and the
+    task's state is left for the next owner."""
+
+    LEASE_LOST = "lease lost: another worker took the task over"
+    HAND_OVER = "handed over by a draining worker"
+
+
 @dataclass(frozen=True, slots=True)
 class Reattachment:
     """A surviving shim found by recovery, and where the stored output ends."""
@@ -94,6 +103,7 @@ class OneshotTask:
         self.tee = tee
         self.machine = OneshotStateMachine(store, record.id, record.state, worker=worker)
         self.interrupt_reason = "cancelled"
+        self.let_go: LetGo | None = None
         self.reattachment = reattach
         self.capture = self._new_capture(0, (0, 0))
 
@@ -157,9 +167,12 @@ class OneshotTask:
             await self._supervise(child)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._stop(child)
-                info = child.exit_info()
-                await self.settle_interrupted(info.code if info else None)
+                if self.let_go is None:
+                    await self._stop(child)
+                    info = child.exit_info()
+                    await self.settle_interrupted(info.code if info else None)
+                elif self.let_go is LetGo.HAND_OVER:
+                    await self.capture.flush()  # the next owner reads on from here
             raise
         return await self._finish(child)
 

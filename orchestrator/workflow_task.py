@@ -16,7 +16,7 @@ from durable.states import TaskState
 from durable.store import Store
 from durable.workflow import get_workflow
 from orchestrator.states import OneshotStateMachine
-from orchestrator.task import TaskResult
+from orchestrator.task import LetGo, TaskResult
 
 
 class WorkflowTask:
@@ -33,6 +33,7 @@ class WorkflowTask:
         self.default_retry = default_retry
         self.machine = OneshotStateMachine(store, record.id, record.state, worker=worker)
         self.interrupt_reason = "cancelled"
+        self.let_go: LetGo | None = None
 
     @property
     def id(self) -> str:
@@ -54,8 +55,9 @@ class WorkflowTask:
             value: Any = await definition.fn(*args, **kwargs)
             result = dump(value, definition.result_type, f"the result of {definition.name!r}")
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self.settle_interrupted()
+            if self.let_go is None:
+                with anyio.CancelScope(shield=True):
+                    await self.settle_interrupted()
             raise
         except SerializationError as exc:
             return await self._fail(str(exc), dump_error(exc))

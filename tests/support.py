@@ -5,17 +5,91 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from config import OneshotSettings
+from durable.engine import ConnectionOptions
 from durable.memory import MemoryStore
 from durable.persistence import PersistenceManager, store_from_settings
+from durable.postgres import PostgresStore
+from durable.store import Store
 from orchestrator.orchestrator import AsyncOrchestrator
 
 WAIT_LIMIT = 15.0
+
+PERSISTED = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+"""The kinds of database a persisted store runs on."""
+STORE_KINDS = ["memory", *PERSISTED]
+"""Every kind of store: the ``database`` fixture's parameters (tests/conftest.py)."""
+
+persisted_only = pytest.mark.parametrize("database", PERSISTED, indirect=True)
+"""Run a test using the ``database`` fixture on every SQL engine, not in memory."""
+sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+"""Run a test using the ``database`` fixture on a SQLite file only."""
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where one test keeps its data.
+
+    ``kind`` is ``sqlite`` (a file under the test's ``tmp_path``), ``postgres`` (a fresh
+    schema on the test server, dropped afterwards) or ``memory`` (persistence off; ``url`` is
+    then the SQLite file that must never appear).
+    """
+
+    kind: str
+    url: str
+    schema: str | None = None
+
+    @property
+    def persisted(self) -> bool:
+        return self.kind != "memory"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file (with persistence off: the one that must never appear)."""
+        return ConnectionOptions(self.url).sqlite_path
+
+    def overrides(self) -> dict[str, Any]:
+        """Settings overrides (``load_settings(overrides=...)``) selecting this database."""
+        return {"persistence.enabled": self.persisted, "database.url": self.url,
+                "database.schema": self.schema}
+
+    def env(self) -> dict[str, str]:
+        """The same, as ``ONESHOT_*`` variables for CLI processes."""
+        env = {"ONESHOT_PERSISTENCE__ENABLED": str(self.persisted).lower(),
+               "ONESHOT_DATABASE__URL": self.url}
+        if self.schema is not None:
+            env["ONESHOT_DATABASE__SCHEMA"] = self.schema
+        return env
+
+    def options(self) -> ConnectionOptions:
+        """Options for a store opened directly (SQLite: NORMAL sync, the tests never pull
+        the plug)."""
+        return ConnectionOptions(url=self.url, synchronous="NORMAL", schema=self.schema)
+
+
+def database_for(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """The :class:`Database` of ``kind`` for the requesting test (postgres: its own schema,
+    through the ``pg_schema`` fixture, so the test is skipped when the server is away)."""
+    if kind == "postgres":
+        schema = request.getfixturevalue("pg_schema")
+        return Database(kind, schema.url, schema.name)
+    return Database(kind, f"sqlite+aiosqlite:///{tmp_path / 'db' / 'oneshot.db'}")
+
+
+def make_store(database: Database) -> Store:
+    """A new, unopened store on ``database``."""
+    if database.kind == "memory":
+        return MemoryStore()
+    if database.kind == "postgres":
+        return PostgresStore(database.options())
+    return PersistenceManager(database.options())
 
 
 def oneshot_script() -> str:
@@ -32,7 +106,9 @@ def orchestrate(settings: OneshotSettings,
 
     async def main() -> Any:
         store = store_from_settings(settings)
-        expected = PersistenceManager if settings.persistence.enabled else MemoryStore
+        options = ConnectionOptions(settings.database.url)
+        expected = (MemoryStore if not settings.persistence.enabled
+                    else PostgresStore if options.is_postgresql else PersistenceManager)
         assert isinstance(store, expected)
         with anyio.fail_after(WAIT_LIMIT):
             async with AsyncOrchestrator(settings, store=store) as orch:

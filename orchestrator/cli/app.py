@@ -115,13 +115,19 @@ def tee_output(stream: Stream, data: bytes) -> None:
 
 
 async def stop_on_signal(orch: AsyncOrchestrator, received: list[int],
-                          stop: anyio.Event | None = None) -> None:
+                          drain: anyio.Event | None = None) -> None:
+    """Interrupt every task on SIGINT/SIGTERM/SIGHUP; with ``drain`` (a worker), the first
+    signal only sets it, and a second one interrupts."""
     with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             received.append(signum)
-            orch.shutdown(f"interrupted by {signal.Signals(signum).name}")
-            if stop is not None:
-                stop.set()
+            name = signal.Signals(signum).name
+            if drain is not None and not drain.is_set():
+                drain.set()
+                err_console.print(f"oneshot: {name}: draining (again to interrupt now)",
+                                  highlight=False)
+                continue
+            orch.shutdown(f"interrupted by {name}")
 
 
 IMPORT_OPTION = click.option(

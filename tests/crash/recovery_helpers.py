@@ -1,5 +1,8 @@
 """Shared helpers of the command crash tests: a database site, CLI processes, identities.
 
+A site's database is a SQLite file, or a PostgreSQL schema (``tests.support.Database``): the
+CLI processes get it through ``ONESHOT_DATABASE__URL`` / ``ONESHOT_DATABASE__SCHEMA``.
+
 Every process a test starts gets ``ONESHOT_TEST_TOKEN=<uuid>`` in its environment; shims and
 commands inherit it, so a scan of ``/proc/*/environ`` finds whatever a test leaves behind.
 Processes are killed only through verified identities (pid and start time, via a pidfd).
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import asyncpg
+from sqlalchemy.engine import make_url
 
 from config import load_settings
 from durable.persistence import store_from_settings
@@ -39,7 +44,7 @@ from durable.states import TaskState
 from durable.store import Store
 from orchestrator.options import RunOptions
 from orchestrator.orchestrator import new_task_id
-from tests.support import oneshot_script
+from tests.support import Database, oneshot_script
 
 TIMEOUT = 30.0
 T = TypeVar("T")
@@ -170,20 +175,27 @@ class Run:
 
 
 class Site:
-    """One SQLite database in ``root`` and every CLI process started on it."""
+    """One database (by default a SQLite file in ``root``) and every CLI process started on
+    it; commands run in ``root``."""
 
-    def __init__(self, root: Path, token: str | None = None) -> None:
+    def __init__(self, root: Path, token: str | None = None,
+                 database: Database | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self.db = root / "oneshot.db"
-        self.spool = root / "oneshot.db-runs"
+        self.database = database or Database("sqlite", f"sqlite+aiosqlite:///{root / 'oneshot.db'}")
+        self.db = self.database.sqlite_path
+        # Where the shims spool: beside a SQLite file (the default), else set for the site.
+        self.spool = root / "spool" if self.db is None else self.db.with_name(
+            self.db.name + "-runs")
         self.token = token or uuid.uuid4().hex
         self.procs: list[subprocess.Popen[bytes]] = []
         self.with_store(lambda store: store.history("0" * 32))  # migrate before children race
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
-        env.update(ONESHOT_DATABASE__URL=str(self.db), ONESHOT_TEST_TOKEN=self.token)
+        env.update(self.database.env(), ONESHOT_TEST_TOKEN=self.token)
+        if self.db is None:
+            env["ONESHOT_SPOOL_DIR"] = str(self.spool)
         env.update(extra)
         return env
 
@@ -229,14 +241,20 @@ class Site:
             return match.group(1).decode() if match else None
         return str(wait_for(printed, "the task id"))
 
-    # Raw reads: cheap enough to poll, and they work on rows too corrupt for the store.
+    # Raw SQL (``?`` placeholders): cheap enough to poll, and it works on rows too corrupt
+    # for the store.
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if self.db is None:
+            return anyio.run(_pg_query, self.database, sql, params)
         if not self.db.exists():
             return []
         with contextlib.closing(sqlite3.connect(self.db, timeout=TIMEOUT)) as db:
             return db.execute(sql, params).fetchall()
 
     def execute(self, sql: str, *params: Any) -> None:
+        if self.db is None:
+            anyio.run(_pg_query, self.database, sql, params)
+            return
         with contextlib.closing(sqlite3.connect(self.db, timeout=TIMEOUT)) as db, db:
             db.execute(sql, params)
 
@@ -270,7 +288,7 @@ class Site:
         """Run ``use`` on the opened store, in this thread (one thread at a time: opening
         migrates, and alembic's context is process-global)."""
         async def run() -> T:
-            store = store_from_settings(load_settings(overrides={"database.url": str(self.db)}))
+            store = store_from_settings(load_settings(overrides=self.database.overrides()))
             await store.open()
             try:
                 return await use(store)
@@ -356,10 +374,26 @@ class Site:
         return reap_token(self.token)
 
 
+async def _pg_query(database: Database, sql: str, params: tuple[Any, ...]
+                    ) -> list[tuple[Any, ...]]:
+    """One statement on the site's PostgreSQL schema, autocommitted, on a fresh connection;
+    the ``?`` placeholders become asyncpg's ``$n``."""
+    numbers = iter(range(1, len(params) + 1))
+    dsn = make_url(database.url).set(drivername="postgresql").render_as_string(
+        hide_password=False)
+    assert database.schema is not None, "a test's PostgreSQL database has its own schema"
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": database.schema})
+    try:
+        rows = await conn.fetch(re.sub(r"\?", lambda _: f"${next(numbers)}", sql), *params)
+        return [tuple(row) for row in rows]
+    finally:
+        await conn.close()
+
+
 @contextlib.contextmanager
-def site_at(root: Path) -> Iterator[Site]:
+def site_at(root: Path, database: Database | None = None) -> Iterator[Site]:
     """A Site whose processes are all gone afterwards; fails the test if any leaked."""
-    site = Site(root)
+    site = Site(root, database=database)
     try:
         yield site
     except BaseException:

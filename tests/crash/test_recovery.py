@@ -1,9 +1,10 @@
 """Recovery of command tasks after an orchestrator crash, against real processes.
 
-Each test runs the installed ``oneshot`` script on a real SQLite file, SIGKILLs it (and, to make
-a process "lost", its shim and command through their verified identities), then runs
-``oneshot recover`` / ``oneshot cancel`` and checks the stored outcome. Every process started
-is gone at the end of each test (see :func:`recovery_helpers.site_at`).
+Each test runs the installed ``oneshot`` script on a real database (a SQLite file, then a
+PostgreSQL schema), SIGKILLs it (and, to make a process "lost", its shim and command through
+their verified identities), then runs ``oneshot recover`` / ``oneshot cancel`` and checks the
+stored outcome. Every process started is gone at the end of each test (see
+:func:`recovery_helpers.site_at`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from recovery_helpers import (
 
 from durable.states import TaskState
 from orchestrator.options import RunOptions
+from tests.support import Database, persisted_only
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, persisted_only]
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with site_at(tmp_path / "site") as site:
+def site(tmp_path: Path, database: Database) -> Iterator[Site]:
+    """A site in tmp_path on the test's database: a SQLite file, or a PostgreSQL schema."""
+    with site_at(tmp_path / "site", database) as site:
         yield site
 
 

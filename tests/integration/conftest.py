@@ -3,7 +3,8 @@
 The tests run each scenario with ``asyncio.run``, so the fixtures hand out *unopened* stores;
 the ``run`` fixture opens a store inside the scenario's event loop and closes it afterwards. A
 store handed out here may be opened and closed several times (once per hypothesis example):
-its data outlives each close (a file for SQLite, the object itself for memory).
+its data outlives each close (a file for SQLite, a schema for PostgreSQL, the object itself for
+memory).
 """
 
 from __future__ import annotations
@@ -16,34 +17,18 @@ from typing import Any, TypeVar
 
 import pytest
 
-from durable.engine import ConnectionOptions
-from durable.memory import MemoryStore
-from durable.persistence import PersistenceManager
 from durable.records import NewTask, TaskKind
 from durable.store import Store
+from tests.support import Database, make_store
 
 T = TypeVar("T")
 
-STORE_KINDS = ["memory", "sqlite"]
 
-
-def sqlite_options(path: Path) -> ConnectionOptions:
-    """Connection options for a SQLite file (NORMAL sync: the tests never pull the plug)."""
-    return ConnectionOptions(url=f"sqlite+aiosqlite:///{path}", synchronous="NORMAL")
-
-
-def make_store(kind: str, tmp_path: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    if kind == "sqlite":
-        return PersistenceManager(sqlite_options(tmp_path / "oneshot.db"))
-    raise ValueError(kind)
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """Each Store implementation in turn (unopened; use the ``run`` fixture)."""
-    return make_store(request.param, tmp_path)
+@pytest.fixture
+def store(database: Database) -> Store:
+    """Each Store implementation in turn, on the ``database`` fixture's kinds: memory, SQLite,
+    PostgreSQL (unopened; use the ``run`` fixture)."""
+    return make_store(database)
 
 
 @pytest.fixture

@@ -290,11 +290,17 @@ def test_detached_task_stays_created_until_a_worker_runs_it(cli: Cli) -> None:
     assert size == len(b"from worker\n")
 
 
-def test_sigterm_to_a_worker_interrupts_its_running_task(cli: Cli) -> None:
-    """SIGTERM stops the worker (exit 0); its running task is INTERRUPTED naming the signal."""
+def test_a_second_sigterm_to_a_draining_worker_interrupts_its_running_task(cli: Cli) -> None:
+    """The first SIGTERM drains; the second stops the worker (exit 0) and its running task is
+    INTERRUPTED naming the signal."""
     task_id = queue_in_process(cli.db, "sh", "-c", "echo started; sleep 30")
     worker = cli.popen("worker")
     wait_for(lambda: read_task(cli.db, task_id)[2] > 0, what="the task's first output")
+    worker.send_signal(signal.SIGTERM)
+    said = bytearray()
+    assert worker.stderr is not None
+    wait_for(lambda: b"draining" in said or bool(said.extend(worker.stderr.read1())),
+             what="the worker to say it drains")
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=TIMEOUT)
     assert worker.returncode == 0, err

@@ -18,7 +18,8 @@ Run = Callable[[Store, Callable[[Store], Awaitable[Any]]], Any]
 
 def test_list_tasks_filters_by_name_glob_and_time(store: Store, run: Run,
                                                   new_task: Callable[..., NewTask]) -> None:
-    """Name globs match whole names (`*`, `?`, literal `_`/`%`); since/until bound creation."""
+    """Name globs match whole names (`*`, `?`, literal `_`/`%`) in any ASCII case; since/until
+    bound creation."""
 
     async def body(s: Store) -> dict[str, list[str | None]]:
         for name in ("build-1", "build-2", "test_1", "test%1", "deploy"):
@@ -32,6 +33,7 @@ def test_list_tasks_filters_by_name_glob_and_time(store: Store, run: Run,
 
         return {
             "glob": await names(name="build-*"),
+            "any case": await names(name="BUILD-*"),
             "one char": await names(name="test?1"),
             "literal underscore": await names(name="test_*"),
             "since": await names(since=middle),
@@ -41,6 +43,7 @@ def test_list_tasks_filters_by_name_glob_and_time(store: Store, run: Run,
 
     found = run(store, body)
     assert found["glob"] == ["build-3", "build-2", "build-1"]
+    assert found["any case"] == found["glob"]
     assert sorted(n or "" for n in found["one char"]) == ["test%1", "test_1"]
     assert found["literal underscore"] == ["test_1"]
     assert found["since"] == ["build-3"]

@@ -1,7 +1,8 @@
-"""AsyncOrchestrator with real subprocesses, against a real SQLite file and the in-memory store.
+"""AsyncOrchestrator with real subprocesses, against real databases and the in-memory store.
 
-Every behavioural test runs twice: persistence on (a SQLite file under ``tmp_path``) and off
-(``MemoryStore``; nothing may touch disk).
+Every behavioural test runs on each store kind of the ``database`` fixture: persistence on (a
+SQLite file under ``tmp_path``, a PostgreSQL schema) and off (``MemoryStore``; nothing may
+touch disk).
 """
 
 from __future__ import annotations
@@ -22,29 +23,18 @@ from durable.records import Stream, Transition
 from durable.states import TaskState
 from durable.store import Store
 from orchestrator.orchestrator import AsyncOrchestrator
-from tests.support import orchestrate
+from tests.support import Database, orchestrate, persisted_only
 
 IDLE_THRESHOLD = 0.3
 
 
-@pytest.fixture(params=[True, False], ids=["persisted", "in-memory"])
-def persist(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
-
-
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "db" / "oneshot.db"
-
-
-@pytest.fixture
-def make_settings(db_path: Path, persist: bool) -> Callable[..., OneshotSettings]:
-    """Settings for one test: the database under tmp_path, a short idle threshold."""
+def make_settings(database: Database) -> Callable[..., OneshotSettings]:
+    """Settings for one test: the test's database, a short idle threshold."""
 
     def make(**overrides: Any) -> OneshotSettings:
         return load_settings(overrides={
-            "database.url": str(db_path),
-            "persistence.enabled": persist,
+            **database.overrides(),
             "idle_threshold": IDLE_THRESHOLD,
             "logs.flush_interval": 0.05,
             **overrides,
@@ -54,11 +44,11 @@ def make_settings(db_path: Path, persist: bool) -> Callable[..., OneshotSettings
 
 
 @pytest.fixture(autouse=True)
-def _nothing_on_disk_without_persistence(persist: bool, db_path: Path) -> Iterator[None]:
+def _nothing_on_disk_without_persistence(database: Database) -> Iterator[None]:
     """With persistence off, no database file appears: neither ours nor the default one."""
     yield
-    if not persist:
-        assert not db_path.parent.exists()
+    if not database.persisted:
+        assert database.sqlite_path is not None and not database.sqlite_path.parent.exists()
         data_home = Path(os.environ["XDG_DATA_HOME"])
         assert not data_home.exists() or not any(data_home.rglob("*"))
 
@@ -306,7 +296,7 @@ def test_concurrency_limit_is_never_exceeded(
     assert peak == 2
 
 
-@pytest.mark.parametrize("persist", [True], ids=["persisted"])
+@persisted_only
 def test_persisted_task_is_readable_after_the_orchestrator_closes(
         make_settings: Callable[..., OneshotSettings]) -> None:
     """With persistence on, a fresh store sees the task, its history and its output."""

@@ -13,6 +13,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from durable.engine import ConnectionOptions
 from durable.exceptions import DatabaseUnavailable, StateConflict, StoreError, TaskNotFound
 from durable.persistence import PersistenceManager
-from durable.records import LogFragment, NewTask, Stream, Transition
+from durable.records import LogFragment, NewTask, Stream, Transition, WorkerRecord
 from durable.states import TaskState
 from durable.store import Store
 
@@ -381,30 +382,32 @@ def test_log_bytes_round_trip_any_bytes(
 # -- queue ----------------------------------------------------------------------------------
 
 
-def test_claim_next_takes_oldest_unowned_created_task_of_queue_once(
+def test_claim_takes_the_oldest_unowned_created_tasks_of_its_queues_once(
     store: Store, run: Run, new_task: NewTaskFactory
 ) -> None:
-    """claim_next hands out the oldest unowned CREATED task of the queue, each only once."""
+    """claim hands out the oldest unowned CREATED tasks of the given queues, each only once,
+    with the claimer as owner, a lease and a new fencing token."""
     owned = new_task(name="owned", owner="w0")
     running = new_task(name="running")
     elsewhere = new_task(name="elsewhere", queue="gpu")
-    first, second = new_task(name="first"), new_task(name="second")
+    first, second, third = new_task(name="first"), new_task(name="second"), new_task(name="3")
 
     async def body(store: Store) -> None:
-        await create_spaced(store, [owned, running, elsewhere, first, second])
+        await create_spaced(store, [owned, running, elsewhere, first, second, third])
         await store.transition(running.id, CREATED, RUNNING)
-        claimed = await store.claim_next(worker="w1")
-        assert claimed is not None
-        assert (claimed.name, claimed.owner, claimed.state) == ("first", "w1", CREATED)
-        assert (await store.get_task(first.id)).owner == "w1"
-        claimed = await store.claim_next(worker="w2")
-        assert claimed is not None
-        assert (claimed.name, claimed.owner) == ("second", "w2")
-        assert await store.claim_next(worker="w1") is None
-        claimed = await store.claim_next(worker="w3", queue="gpu")
-        assert claimed is not None
-        assert claimed.name == "elsewhere"
-        assert await store.claim_next(worker="w3", queue="gpu") is None
+        before = time.time()
+        [claimed] = await store.claim(worker="w1", lease_seconds=30)
+        assert (claimed.name, claimed.owner, claimed.state, claimed.fence) == (
+            "first", "w1", CREATED, 1)
+        assert claimed.lease_expires_at is not None
+        assert before + 30 <= claimed.lease_expires_at <= time.time() + 30
+        assert await store.get_task(first.id) == claimed
+        claimed_two = await store.claim(worker="w2", limit=5)
+        assert [(r.name, r.owner) for r in claimed_two] == [("second", "w2"), ("3", "w2")]
+        assert await store.claim(worker="w1") == []
+        both = await store.claim(worker="w3", queues=["gpu", "default"], limit=5)
+        assert [r.name for r in both] == ["elsewhere"]
+        assert await store.claim(worker="w3", queues=["gpu"]) == []
         assert (await store.get_task(owned.id)).owner == "w0"
 
     run(store, body)
@@ -418,11 +421,59 @@ def test_concurrent_claims_hand_out_a_task_exactly_once(
 
     async def body(store: Store) -> None:
         await create_spaced(store, tasks)
-        results = await asyncio.gather(*(store.claim_next(worker=f"w{i}") for i in range(10)))
-        claimed = [r for r in results if r is not None]
+        results = await asyncio.gather(*(store.claim(worker=f"w{i}") for i in range(10)))
+        claimed = [r for batch in results for r in batch]
         assert sorted(r.id for r in claimed) == sorted(t.id for t in tasks)
         for record in claimed:
             assert (await store.get_task(record.id)).owner == record.owner
+
+    run(store, body)
+
+
+def test_heartbeat_extends_the_leases_of_the_workers_unfinished_tasks(
+    store: Store, run: Run, new_task: NewTaskFactory
+) -> None:
+    """A heartbeat pushes the worker row and its unfinished tasks' leases, nobody else's."""
+    mine, done, theirs = new_task(), new_task(), new_task()
+
+    async def body(store: Store) -> None:
+        await create_spaced(store, [mine, done, theirs])
+        await store.claim(worker="w1", limit=2, lease_seconds=5)
+        await store.claim(worker="w2", lease_seconds=5)
+        await store.transition(done.id, CREATED, FAILED)
+        now = time.time()
+        await store.save_worker(WorkerRecord(
+            id="w1", host="h", pid=1, queues=["default"], concurrency=2, state="active",
+            started_at=now, heartbeat_at=now, lease_expires_at=now + 5))
+        assert await store.heartbeat("w1", lease_seconds=100) == set()
+        leases = {t.id: (await store.get_task(t.id)).lease_expires_at for t in (mine, done, theirs)}
+        assert leases[mine.id] is not None and leases[mine.id] >= now + 99
+        assert leases[done.id] is not None and leases[done.id] < now + 6
+        assert leases[theirs.id] is not None and leases[theirs.id] < now + 6
+        [status] = await store.list_workers()
+        assert (status.worker.id, status.worker.state, status.running, status.finished) == (
+            "w1", "active", 1, 1)
+        assert status.worker.lease_expires_at >= now + 99
+        await store.save_worker(replace(status.worker, state="stopped", stopped_at=time.time()))
+        assert await store.list_workers() == []
+        assert [s.worker.state for s in await store.list_workers(include_stopped=True)] == [
+            "stopped"]
+
+    run(store, body)
+
+
+def test_release_lease_expires_it_now(store: Store, run: Run, new_task: NewTaskFactory) -> None:
+    """A released task keeps its state, but has no owner, a passed lease and a new token."""
+    task = new_task()
+
+    async def body(store: Store) -> None:
+        await store.create_task(task)
+        [claimed] = await store.claim(worker="w1", lease_seconds=100)
+        await store.transition(task.id, CREATED, RUNNING)
+        await store.release_lease(task.id)
+        record = await store.get_task(task.id)
+        assert (record.owner, record.state, record.fence) == (None, RUNNING, claimed.fence + 1)
+        assert record.lease_expires_at is not None and record.lease_expires_at <= time.time()
 
     run(store, body)
 

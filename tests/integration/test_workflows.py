@@ -1,9 +1,10 @@
 """Durable workflows in process: checkpoints, replay, failures, retries, recovery of orphans.
 
-Workflows run inside an :class:`AsyncOrchestrator` on a real SQLite file under ``tmp_path``;
-tests marked by the ``store`` fixture run again on the in-memory store (persistence off). A
-resume is crafted in process: a copy of a finished run (same workflow, same input, same
-checkpoints) is created with an owner that is gone, and ``orch.recover()`` resumes it.
+Workflows run inside an :class:`AsyncOrchestrator` on each store kind of the ``database``
+fixture: a real SQLite file under ``tmp_path``, a PostgreSQL schema and, unless a test is
+marked ``persisted_only``, the in-memory store with persistence off. A resume is crafted in
+process: a copy of a finished run (same workflow, same input, same checkpoints) is created with
+an owner that is gone, and ``orch.recover()`` resumes it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from durable.records import NewTask, StepCheckpoint, StepStatus, TaskKind
 from durable.states import TaskState
 from orchestrator import AsyncOrchestrator, TaskHandle
 from orchestrator.task import TaskResult
+from tests.support import Database, persisted_only
 from tests.support import orchestrate as run_orchestrated
 
 WAIT_LIMIT = 15.0
@@ -84,30 +86,19 @@ class FakeSleep:
         self.waits.append(seconds)
 
 
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "db" / "oneshot.db"
-
-
-def make_settings(db_path: Path, *, persist: bool = True, **overrides: Any) -> OneshotSettings:
+def make_settings(database: Database, **overrides: Any) -> OneshotSettings:
     return load_settings(overrides={
-        "database.url": str(db_path),
-        "persistence.enabled": persist,
+        **database.overrides(),
         "retry.initial_backoff": 0,
         "retry.jitter": 0,
         **overrides,
     })
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def settings(request: pytest.FixtureRequest, db_path: Path) -> OneshotSettings:
-    """Settings on a SQLite file under tmp_path, then with persistence off (MemoryStore)."""
-    return make_settings(db_path, persist=request.param == "sqlite")
-
-
 @pytest.fixture
-def sqlite_settings(db_path: Path) -> OneshotSettings:
-    return make_settings(db_path)
+def settings(database: Database) -> OneshotSettings:
+    """Settings on the test's database (persistence off for the in-memory kind)."""
+    return make_settings(database)
 
 
 def orchestrate(settings: OneshotSettings,
@@ -535,7 +526,8 @@ def test_step_succeeding_on_a_retry_records_the_attempts_it_took(
     assert len(sleep.waits) == 1
 
 
-def test_backoff_waits_grow_between_attempts(sqlite_settings: OneshotSettings) -> None:
+@persisted_only
+def test_backoff_waits_grow_between_attempts(settings: OneshotSettings) -> None:
     """Exponential backoff: each wait handed to the sleep function is longer than the last."""
     sleep = FakeSleep()
     policy = RetryPolicy(attempts=5, initial_backoff=0.1, multiplier=2.0, jitter=0.0,
@@ -554,13 +546,13 @@ def test_backoff_waits_grow_between_attempts(sqlite_settings: OneshotSettings) -
         await handle.outcome()
         return await orch.store.load_steps(handle.id)
 
-    (step,) = orchestrate(sqlite_settings, body)
+    (step,) = orchestrate(settings, body)
     assert step.attempts == 5
     assert sleep.waits == pytest.approx([0.1, 0.2, 0.4, 0.8])
 
 
-def test_exception_not_listed_in_retry_on_is_not_retried(
-        sqlite_settings: OneshotSettings) -> None:
+@persisted_only
+def test_exception_not_listed_in_retry_on_is_not_retried(settings: OneshotSettings) -> None:
     """retry_on names what retries: any other exception fails the step at its first attempt."""
     sleep = FakeSleep()
     calls: Counter[str] = Counter()
@@ -579,16 +571,17 @@ def test_exception_not_listed_in_retry_on_is_not_retried(
         assert (await handle.outcome()).state is TaskState.FAILED
         return await orch.store.load_steps(handle.id)
 
-    (step,) = orchestrate(sqlite_settings, body)
+    (step,) = orchestrate(settings, body)
     assert calls == {"missing": 1}
     assert sleep.waits == []
     assert (step.status, step.attempts) == (StepStatus.FAILED, 1)
 
 
+@persisted_only
 def test_default_retry_policy_comes_from_settings_and_retries_only_io_errors(
-        db_path: Path) -> None:
+        database: Database) -> None:
     """Without retry=, attempts come from settings; OSError retries, ValueError does not."""
-    settings = make_settings(db_path, **{"retry.attempts": 4})
+    settings = make_settings(database, **{"retry.attempts": 4})
     calls: Counter[str] = Counter()
 
     @durable
@@ -781,8 +774,8 @@ def test_unregistered_workflow_fails_on_recover_while_other_orphans_resume(
     assert (command.state, command.exit_code) == (TaskState.COMPLETED, 0)
 
 
-def test_recover_leaves_tasks_of_live_orchestrators_alone(
-        sqlite_settings: OneshotSettings) -> None:
+@persisted_only
+def test_recover_leaves_tasks_of_live_orchestrators_alone(settings: OneshotSettings) -> None:
     """A task owned by a running orchestrator (or a live process) is not an orphan."""
     release = anyio.Event()
 
@@ -806,13 +799,14 @@ def test_recover_leaves_tasks_of_live_orchestrators_alone(
         release.set()
         return [await running.result(), await resumed[0].result()]
 
-    assert orchestrate(sqlite_settings, body) == ["released", "released"]
+    assert orchestrate(settings, body) == ["released", "released"]
 
 
 # --- the CLI ----------------------------------------------------------------------------------
 
 
-def test_show_json_lists_the_steps_with_status_and_attempts(db_path: Path) -> None:
+@persisted_only
+def test_show_json_lists_the_steps_with_status_and_attempts(database: Database) -> None:
     """`oneshot show ID --json` has "steps": seq, name, status, attempts, error."""
     sleep = FakeSleep()
     calls: Counter[str] = Counter()
@@ -841,10 +835,11 @@ def test_show_json_lists_the_steps_with_status_and_attempts(db_path: Path) -> No
         assert await handle.result() == "shown"
         return handle.id
 
-    task_id = orchestrate(make_settings(db_path), body)
+    task_id = orchestrate(make_settings(database), body)
     script = Path(sys.executable).parent / "oneshot"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
-    shown = subprocess.run([str(script), "--db", str(db_path), "show", task_id, "--json"],
+    env.update(database.env())
+    shown = subprocess.run([str(script), "show", task_id, "--json"],
                            capture_output=True, timeout=WAIT_LIMIT, env=env)
     assert shown.returncode == 0, shown.stderr.decode()
     data = json.loads(shown.stdout)
@@ -852,7 +847,7 @@ def test_show_json_lists_the_steps_with_status_and_attempts(db_path: Path) -> No
     assert [(s["seq"], s["name"], s["status"], s["attempts"]) for s in data["steps"]] == [
         (0, "show.flaky", "completed", 3), (1, "show.broken", "failed", 1)]
     assert json.loads(data["steps"][1]["error"])["type"] == "LookupError"
-    text = subprocess.run([str(script), "--db", str(db_path), "show", task_id],
+    text = subprocess.run([str(script), "show", task_id],
                           capture_output=True, timeout=WAIT_LIMIT, env=env)
     assert text.returncode == 0, text.stderr.decode()
     assert "show.flaky" in text.stdout.decode() and "LookupError: gone" in text.stdout.decode()

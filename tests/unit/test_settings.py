@@ -302,6 +302,44 @@ def test_unusable_database_urls_are_rejected(given: str, fragment: str) -> None:
     assert fragment in info.value.problem
 
 
+def test_postgres_schema_from_env_file_or_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """database.schema (ONESHOT_DATABASE__SCHEMA) names the PostgreSQL schema; default none."""
+    assert load_settings().database.schema_ is None
+    monkeypatch.setenv("ONESHOT_DATABASE__URL", "postgres://u@h/db")
+    monkeypatch.setenv("ONESHOT_DATABASE__SCHEMA", "oneshot_prod")
+    assert load_settings().database.schema_ == "oneshot_prod"
+    path = write_toml(tmp_path / "c.toml", "[database]\nschema = 'from_file'\n")
+    monkeypatch.delenv("ONESHOT_DATABASE__SCHEMA")
+    s = load_settings(config_file=path)
+    assert s.database.schema_ == "from_file"
+    line = lines_by_key(describe_settings(s))["database.schema"]
+    assert (line.value, line.source) == ("from_file", f"file {path}")
+    assert load_settings(overrides={"database.schema": "x_1"}).database.schema_ == "x_1"
+
+
+@pytest.mark.parametrize("name", ["Upper", "has-dash", "1digit", "a b", "semi;colon", "", "x" * 64])
+def test_postgres_schema_must_be_a_plain_identifier(name: str) -> None:
+    """A schema name is lowercase letters, '_' and digits (not first), at most 63 long."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(overrides={"database.url": "postgresql://h/db", "database.schema": name})
+    assert info.value.key == "database.schema"
+    assert "not a schema name" in info.value.problem
+
+
+def test_schema_with_a_sqlite_database_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting a schema for a SQLite database is rejected, naming the variable."""
+    monkeypatch.setenv("ONESHOT_DATABASE__URL", "/srv/o.db")
+    monkeypatch.setenv("ONESHOT_DATABASE__SCHEMA", "oneshot")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "ONESHOT_DATABASE__SCHEMA: a schema can only be set for a PostgreSQL database"
+        " (got 'oneshot')"
+    )
+
+
 # --- errors name their source ---------------------------------------------------------------
 
 

@@ -1,0 +1,150 @@
+"""What only the PostgreSQL store promises (the Store contract itself runs in
+test_store_contract.py): its own schema, migrations shared by workers starting together, clear
+errors for a server that cannot be used, and the `oneshot db` commands on a server database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+from durable import migrate
+from durable.engine import ConnectionOptions
+from durable.exceptions import DatabaseUnavailable, StoreError
+from durable.postgres import PostgresStore
+from tests.support import oneshot_script
+
+if TYPE_CHECKING:
+    from tests.conftest import PgSchema
+
+pytestmark = pytest.mark.postgres
+
+
+async def admin(url: str, *statements: str) -> list[Any]:
+    """Run statements outside any transaction (CREATE/DROP DATABASE); the last one's rows."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    rows: list[Any] = []
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements:
+                result = await conn.execute(text(statement))
+                rows = list(result.all()) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+    return rows
+
+
+def store_in(schema: PgSchema, **kwargs: Any) -> PostgresStore:
+    return PostgresStore(ConnectionOptions(schema.url, schema=schema.name), **kwargs)
+
+
+def test_opening_creates_the_schema_and_keeps_every_table_in_it(pg_schema: PgSchema) -> None:
+    """A schema that does not exist yet is created; alembic_version and the tables live there."""
+    asyncio.run(admin(pg_schema.url, f"DROP SCHEMA {pg_schema.name}"))
+
+    async def body() -> set[str]:
+        async with store_in(pg_schema) as store:
+            assert await store.list_tasks() == []
+        rows = await admin(pg_schema.url, "SELECT table_name FROM information_schema.tables "
+                                          f"WHERE table_schema = '{pg_schema.name}'")
+        return {row[0] for row in rows}
+
+    tables = asyncio.run(body())
+    assert {"alembic_version", "tasks", "task_states", "log_fragments", "step_checkpoints",
+            "process_handles"} <= tables
+
+
+def test_workers_opening_a_new_database_together_migrate_it_once(pg_schema: PgSchema) -> None:
+    """Stores opened at the same moment on an empty schema all open; it is at head once."""
+
+    async def body() -> list[Any]:
+        stores = [store_in(pg_schema) for _ in range(4)]
+        await asyncio.gather(*(store.open() for store in stores))
+        for store in stores:
+            await store.close()
+        return await admin(pg_schema.url,
+                           f"SELECT version_num FROM {pg_schema.name}.alembic_version")
+
+    assert asyncio.run(body()) == [(migrate.HEAD,)]
+
+
+def test_database_behind_without_auto_upgrade_is_refused(pg_schema: PgSchema) -> None:
+    """With auto_upgrade off, an unmigrated schema is a StoreError asking for `db upgrade`."""
+    with pytest.raises(StoreError) as caught:
+        asyncio.run(store_in(pg_schema, auto_upgrade=False).open())
+    assert "run `oneshot db upgrade`" in str(caught.value)
+
+
+def test_unreachable_server_is_unavailable_naming_the_url_without_password() -> None:
+    """Nothing listening: DatabaseUnavailable, one line, the URL with its password masked."""
+    url = "postgresql+asyncpg://alice:hunter2@127.0.0.1:1/oneshot"
+    with pytest.raises(DatabaseUnavailable) as caught:
+        asyncio.run(PostgresStore(ConnectionOptions(url)).open())
+    message = str(caught.value)
+    assert message.startswith("database postgresql+asyncpg://alice:***@127.0.0.1:1/oneshot: "
+                              "cannot connect")
+    assert "hunter2" not in message and "\n" not in message
+
+
+def test_unknown_database_is_unavailable(pg_url: str) -> None:
+    """A server without that database: DatabaseUnavailable saying so."""
+    url = make_url(pg_url).set(database="oneshot_no_such_database")
+    with pytest.raises(DatabaseUnavailable) as caught:
+        asyncio.run(PostgresStore(ConnectionOptions(url.render_as_string(False))).open())
+    assert 'database "oneshot_no_such_database" does not exist' in str(caught.value)
+
+
+@pytest.fixture
+def fresh_database(pg_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on the test server, dropped afterwards."""
+    name = f"oneshot_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(admin(pg_url, f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(pg_url, f"DROP DATABASE {name} WITH (FORCE)"))
+
+
+def oneshot(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
+    env["ONESHOT_DATABASE__URL"] = url
+    return subprocess.run([oneshot_script(), *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_db_upgrade_and_check_on_a_server_database(fresh_database: str) -> None:
+    """`oneshot db check` reports a new database behind (exit 1); `db upgrade` migrates it;
+    then the check passes."""
+    behind = oneshot("db", "check", url=fresh_database)
+    assert behind.returncode == 1, behind.stderr
+    assert f"revision:     none (head {migrate.HEAD})" in behind.stdout
+    upgraded = oneshot("db", "upgrade", url=fresh_database)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"is at revision {migrate.HEAD}" in upgraded.stderr
+    checked = oneshot("db", "check", url=fresh_database)
+    assert checked.returncode == 0, checked.stderr
+    assert f"revision:     {migrate.HEAD} (head {migrate.HEAD})" in checked.stdout
+
+
+def test_db_commands_on_an_unreachable_server_fail_in_one_line() -> None:
+    """`db check` / `db upgrade` against nothing: exit 1, one line, no password, no trace."""
+    url = "postgresql://alice:hunter2@127.0.0.1:1/oneshot"
+    for command in ("check", "upgrade"):
+        done = oneshot("db", command, url=url)
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr.startswith("oneshot: database postgresql+asyncpg://alice:***@"), (
+            command, done.stderr)
+        assert "cannot connect" in done.stderr
+        assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
