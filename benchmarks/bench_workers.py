@@ -170,12 +170,14 @@ async def count_terminal(store: PersistenceManager | PostgresStore) -> int:
 
 async def stored_outcome(store: PersistenceManager | PostgresStore
                          ) -> tuple[dict[str, int], float | None, float | None]:
-    """Tasks per state, the first start and the last finish."""
+    """Tasks per state; the first start and the last terminal transition of the tasks that
+    ended."""
     async with store.engine.connect() as conn:
         states = {row[0]: int(row[1]) for row in await conn.execute(
             select(tasks.c.state, func.count()).group_by(tasks.c.state))}
-        first, last = (await conn.execute(select(func.min(tasks.c.started_at),
-                                                 func.max(tasks.c.finished_at)))).one()
+        first, last = (await conn.execute(
+            select(func.min(tasks.c.started_at), func.max(tasks.c.updated_at))
+            .where(tasks.c.state.in_(TERMINAL)))).one()
     return states, first, last
 
 
@@ -222,8 +224,9 @@ class FleetRun:
     label: str
     workers: int
     tasks: int
-    wall: float = 0.0  # spawn of the first worker -> every task terminal
-    span: float = 0.0  # first stored start -> last stored finish
+    ended: int = 0  # tasks terminal at the end (all of them unless a run was abandoned)
+    wall: float = 0.0  # spawn of the first worker -> last task terminal (stored time)
+    span: float = 0.0  # first stored start -> last stored terminal transition
     startup: float = 0.0  # spawn -> first stored start
     busy_cores: float = 0.0  # machine busy CPU seconds / wall
     worker_cpu_ms: float = 0.0  # workers' own CPU per task
@@ -235,11 +238,11 @@ class FleetRun:
 
     @property
     def rate(self) -> float:
-        return self.tasks / self.wall if self.wall else 0.0
+        return self.ended / self.wall if self.wall else 0.0
 
     @property
     def span_rate(self) -> float:
-        return self.tasks / self.span if self.span else 0.0
+        return self.ended / self.span if self.span else 0.0
 
 
 def clean_env(workdir: Path) -> dict[str, str]:
@@ -294,16 +297,16 @@ async def _run_fleet(target: Target, workers: int, count: int, env: dict[str, st
         run.worker_cpu_ms = sum(process_cpu(p.pid) for p in procs) / count * 1000
         busy1, server1 = machine_cpu(), server_cpu()
         run.server_cpu_ms = cpu_since(server0, server1) / count * 1000
-        run.wall = done_at - start
+        run.wall = done_at - start  # until the poll saw the end; replaced by the stored end
         run.busy_cores = (busy1 - busy0) / max(run.wall, 1e-9)
     finally:
         await stop_workers(procs)
         run.exit_codes = [p.returncode for p in procs]
         with contextlib.suppress(Exception):
             run.states, first, last = await stored_outcome(store)
+            run.ended = sum(n for state, n in run.states.items() if state in TERMINAL)
             if first is not None and last is not None:
-                run.span = last - first
-                run.startup = first - start
+                run.wall, run.span, run.startup = last - start, last - first, first - start
         await store.close()
     for i, log_path in enumerate(logs):
         unexpected = []

@@ -1,9 +1,10 @@
 """The storage contract every backend implements, documented once here.
 
-Two implementations: :class:`durable.persistence.PersistenceManager` (SQLite, through SQLAlchemy
-for reads and migrations and a group-commit writer for writes) and
+Three implementations: :class:`durable.persistence.PersistenceManager` (SQLite, through
+SQLAlchemy for reads and migrations and a group-commit writer for writes),
+:class:`durable.postgres.PostgresStore` (PostgreSQL, for workers on many machines) and
 :class:`durable.memory.MemoryStore` (``--no-persist``: nothing touches disk). The same contract
-tests run against both.
+tests run against all three.
 
 Write methods return only after the change is committed (write-ahead): a caller may act on the
 new state as soon as the call returns, and never before. Writes for a task the store holds

@@ -49,9 +49,7 @@ def db() -> None:
 
 
 def _connection_options(settings: OneshotSettings) -> ConnectionOptions:
-    return ConnectionOptions(url=settings.database.url,
-                             synchronous=settings.database.synchronous,
-                             busy_timeout_ms=settings.database.busy_timeout_ms)
+    return ConnectionOptions.from_settings(settings.database)
 
 
 async def _with_engine(settings: OneshotSettings, action: Callable[[Any], Awaitable[T]]) -> T:
@@ -68,7 +66,8 @@ async def _with_engine(settings: OneshotSettings, action: Callable[[Any], Awaita
 async def upgrade(obj: Context) -> None:
     """Migrate the database to the newest schema."""
     settings = obj.settings()
-    await _with_engine(settings, migrate.upgrade)
+    schema = settings.database.schema_
+    await _with_engine(settings, lambda engine: migrate.upgrade(engine, schema=schema))
     err_console.print(f"oneshot: {settings.database.url} is at revision "
                       f"{migrate.head_revision()}", highlight=False)
 

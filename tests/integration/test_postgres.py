@@ -148,3 +148,27 @@ def test_db_commands_on_an_unreachable_server_fail_in_one_line() -> None:
         assert "cannot connect" in done.stderr
         assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_db_upgrade_and_check_work_in_the_configured_schema(pg_schema: PgSchema) -> None:
+    """With ONESHOT_DATABASE__SCHEMA, `db check` and `db upgrade` act on that schema: the
+    tables land there, not in the server's default schema."""
+    asyncio.run(admin(pg_schema.url, f"DROP SCHEMA {pg_schema.name}"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
+        env.update(ONESHOT_DATABASE__URL=pg_schema.url, ONESHOT_DATABASE__SCHEMA=pg_schema.name)
+        return subprocess.run([oneshot_script(), *args], env=env, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    behind = run("db", "check")
+    assert behind.returncode == 1 and "revision:     none" in behind.stdout, behind.stderr
+    upgraded = run("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    checked = run("db", "check")
+    assert checked.returncode == 0, checked.stderr
+    assert f"revision:     {migrate.HEAD} (head {migrate.HEAD})" in checked.stdout
+    rows = asyncio.run(admin(pg_schema.url, "SELECT count(*) FROM information_schema.tables "
+                                            f"WHERE table_schema = '{pg_schema.name}' "
+                                            "AND table_name = 'workers'"))
+    assert rows == [(1,)]
