@@ -72,6 +72,8 @@ async def find_orphans(store: Store) -> Orphans:
     for ref in await store.unfinished_tasks():
         if ref.owner is None and ref.state == TaskState.CREATED.value:
             continue  # queued: a worker claims it
+        if ref.owner in LIVE_OWNERS:
+            continue  # run by this very process: alive, even if its heartbeat is late
         if ref.owner is not None:
             if ref.owner not in gone:
                 gone[ref.owner] = owner_is_gone(ref.owner)
