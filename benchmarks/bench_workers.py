@@ -11,15 +11,17 @@ latency on PostgreSQL.
    (``oneshot_bench_<hex>``, dropped afterwards), its own ``XDG_DATA_HOME`` / ``XDG_CONFIG_HOME``
    (so the shim spools of a server database go under the scratch directory) and a clean
    environment (no ``ONESHOT_*`` variable of the caller). Timed from the first worker's spawn
-   until a ``COUNT`` of terminal tasks (polled every 50 ms) reaches the total; the workers are
-   then stopped with SIGTERM. Also read from the stored rows: the span from the first task
-   started (RUNNING) to the last one finished, which leaves out the workers' start-up. The same
-   workload runs on a SQLite file (one worker) for comparison. Configurations rotate their
-   order from one repetition to the next; a ratio is the median of per-repetition ratios
-   against the 1-worker PostgreSQL run of the same repetition.
+   to the last terminal transition stored; a ``COUNT`` of terminal tasks polled every 50 ms
+   sees the end, then the workers are stopped with SIGTERM (a run where no task ends for 60 s
+   is abandoned and reported). Also from the stored rows: the span from the first task started
+   (RUNNING) to the last one ended, which leaves out the workers' start-up. The same workload
+   runs on a SQLite file (one worker) for comparison. One repetition by default (``--reps``);
+   configurations rotate their order from one repetition to the next; a ratio is the median of
+   per-repetition ratios against the 1-worker PostgreSQL run of the same repetition.
 
    Worker stdout/stderr go to files in the scratch directory; every line other than the
-   worker's start and stop lines is reported as a problem, with the exit codes.
+   worker's start, drain and stop lines is reported as a problem, as are exit codes other
+   than 0 and tasks not COMPLETED.
 
    CPU: the machine's busy time over the run (``/proc/stat``, all processes: workers, shims,
    commands, the PostgreSQL server, and whatever else shares the machine) and the workers' own
@@ -30,7 +32,8 @@ latency on PostgreSQL.
    all are connected, call ``store.claim(worker=..., queues=["default"], limit=1,
    lease_seconds=30)`` in a loop until the queue is empty, timing every call. Reported: p50 and
    p99 of the calls that returned a task (pooled over repetitions) and claims/s (all claims
-   over the span from the common start to the last claimer's end; median over repetitions).
+   over the span from the common start to the last claimer's end; median over repetitions),
+   three repetitions by default. ``--claims-on postgresql,sqlite`` adds the same on SQLite.
 
 Not a test, never run in CI, asserts nothing on timings. Needs a PostgreSQL server (default:
 the test server); without one, only the SQLite run is made.
@@ -231,6 +234,7 @@ class FleetRun:
     busy_cores: float = 0.0  # machine busy CPU seconds / wall
     worker_cpu_ms: float = 0.0  # workers' own CPU per task
     server_cpu_ms: float = 0.0  # the local PostgreSQL server's CPU per task
+    machine_cpu_ms: float = 0.0  # every process on the machine, per task
     states: dict[str, int] = field(default_factory=dict)
     claimed: list[int] = field(default_factory=list)  # per worker, from its stop line
     exit_codes: list[int | None] = field(default_factory=list)
@@ -299,6 +303,7 @@ async def _run_fleet(target: Target, workers: int, count: int, env: dict[str, st
         run.server_cpu_ms = cpu_since(server0, server1) / count * 1000
         run.wall = done_at - start  # until the poll saw the end; replaced by the stored end
         run.busy_cores = (busy1 - busy0) / max(run.wall, 1e-9)
+        run.machine_cpu_ms = (busy1 - busy0) / count * 1000
     finally:
         await stop_workers(procs)
         run.exit_codes = [p.returncode for p in procs]
@@ -383,6 +388,7 @@ class ClaimRun:
     rate: float
     claimed: int
     errors: list[str]
+    busy_cores: float  # the machine's busy CPU over the drain, in cores
 
 
 def run_claims(kind: str, pg_url: str, count: int, claimers: int) -> ClaimRun:
@@ -404,8 +410,10 @@ def run_claims(kind: str, pg_url: str, count: int, claimers: int) -> ClaimRun:
             proc.start()
         for _ in procs:
             ready.get(timeout=60)
+        busy0, go_at = machine_cpu(), time.time()
         go.set()
         outcomes = [results.get(timeout=600) for _ in procs]
+        busy1, done_at = machine_cpu(), time.time()
         for proc in procs:
             proc.join(timeout=STOP_LIMIT)
     latencies = [lat for outcome in outcomes for lat in outcome[0]]
@@ -414,7 +422,7 @@ def run_claims(kind: str, pg_url: str, count: int, claimers: int) -> ClaimRun:
     ends = [o[3] for o in outcomes if o[4] is None]
     span = max(ends) - min(starts) if starts else 0.0
     return ClaimRun(claimers, latencies, len(latencies) / span if span else 0.0,
-                    len(latencies), errors)
+                    len(latencies), errors, (busy1 - busy0) / max(done_at - go_at, 1e-9))
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -456,8 +464,9 @@ def main() -> None:
     reps = args.reps or 1
     claim_reps = args.claim_reps or (1 if args.quick else 3)
     began = time.monotonic()
-    print(f"bench_workers: {count} x `true`, workers {args.workers} on PostgreSQL + 1 on "
-          f"SQLite, concurrency {args.concurrency} each, {reps} repetition(s); {machine_summary()}")
+    sqlite_part = "" if args.no_sqlite else " + 1 on SQLite"
+    print(f"bench_workers: {count} x `true`, workers {args.workers} on PostgreSQL{sqlite_part}, "
+          f"concurrency {args.concurrency} each, {reps} repetition(s); {machine_summary()}")
     problem = pg_problem(args.pg_url)
     if problem:
         print(f"  PostgreSQL parts skipped: {problem}")
@@ -483,7 +492,7 @@ def main() -> None:
                   f"tasks/s (start->end {run.span_rate:,.0f}/s), start-up {run.startup:.2f} s, "
                   f"{run.busy_cores:.2f} cores busy, CPU ms/task: workers {run.worker_cpu_ms:.1f}, "
                   f"server {run.server_cpu_ms:.1f}, machine "
-                  f"{run.busy_cores * run.wall / count * 1000:.1f}; "
+                  f"{run.machine_cpu_ms:.1f}; "
                   f"claims per worker {run.claimed}", flush=True)
             for line in run.problems[:5]:
                 print(f"    problem: {line}")
@@ -501,7 +510,8 @@ def main() -> None:
             print(f"  claims rep {rep + 1}/{claim_reps} {kind} K={k}: {claim_run.claimed} claims, "
                   f"{claim_run.rate:,.0f}/s, p50 "
                   f"{percentile(claim_run.latencies, 50) * 1000:.2f} ms, p99 "
-                  f"{percentile(claim_run.latencies, 99) * 1000:.2f} ms"
+                  f"{percentile(claim_run.latencies, 99) * 1000:.2f} ms, "
+                  f"{claim_run.busy_cores:.2f} cores busy"
                   + (f", errors {claim_run.errors}" if claim_run.errors else ""), flush=True)
 
     print()
@@ -521,7 +531,7 @@ def main() -> None:
                 f"{median([r.busy_cores for r in group]):.2f}",
                 f"{median([r.worker_cpu_ms for r in group]):.1f} / "
                 f"{median([r.server_cpu_ms for r in group]):.1f} / "
-                f"{median([r.busy_cores * r.wall / r.tasks * 1000 for r in group]):.1f}",
+                f"{median([r.machine_cpu_ms for r in group]):.1f}",
                 str(sum(len(r.problems) for r in group)),
             ])
         print_table(["configuration", "tasks/s median [min-max]", f"vs {runs[base_key][0].label}",
@@ -536,10 +546,12 @@ def main() -> None:
             pooled = [lat for c in claim_group for lat in c.latencies]
             rows.append([kind, str(k), f"{percentile(pooled, 50) * 1000:.2f}",
                          f"{percentile(pooled, 99) * 1000:.2f}",
-                         spread([c.rate for c in claim_group]), str(len(pooled)),
+                         spread([c.rate for c in claim_group]),
+                         f"{median([c.busy_cores for c in claim_group]):.2f}", str(len(pooled)),
                          str(sum(len(c.errors) for c in claim_group))])
         print_table(["engine", "claimers", "claim p50 ms", "claim p99 ms",
-                     "claims/s median [min-max]", "claims timed", "errors"], rows)
+                     "claims/s median [min-max]", "cores busy", "claims timed", "errors"],
+                    rows)
         print(f"\n{claim_count} tasks drained per run, {claim_reps} run(s) per K; "
               "percentiles pooled over runs")
     print(f"at the end: {load_summary()}; run time {time.monotonic() - began:.0f} s")
