@@ -168,15 +168,30 @@ def connect_sqlite(options: ConnectionOptions) -> sqlite3.Connection:
     return conn
 
 
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
+"""Oneshot's transactions are a few statements long. A session idle inside one for this long
+belongs to a worker that was paused (SIGSTOP) or cut off mid-transaction: the server ends it,
+so the row locks it holds do not stall the workers taking its tasks over."""
+LOCK_TIMEOUT_MS = 5_000
+"""A worker paused in the middle of a statement keeps its row locks (its session is still
+"active"); a takeover waiting on one gives up after this long and is tried again at the next
+scan, instead of stalling every other takeover."""
+
+
 def _server_connect_args(options: ConnectionOptions) -> dict[str, Any]:
-    """Driver arguments that put a PostgreSQL connection in the configured schema. Set at
-    connect time (not per transaction), so migrations, ``alembic_version`` and every query
-    see the same schema without naming it."""
-    if options.schema is None:
+    """Driver settings of a PostgreSQL connection: the configured schema (set at connect
+    time, not per transaction, so migrations, ``alembic_version`` and every query see the
+    same schema without naming it) and the idle-in-transaction timeout."""
+    if not options.is_postgresql:
         return {}
+    settings = {"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
+                "lock_timeout": str(LOCK_TIMEOUT_MS)}
+    if options.schema is not None:
+        settings["search_path"] = options.schema
     if options.sa_url.get_driver_name() == "asyncpg":
-        return {"server_settings": {"search_path": options.schema}}
-    return {"options": f"-csearch_path={options.schema}"}  # psycopg: libpq's options
+        return {"server_settings": settings}
+    return {"options": " ".join(f"-c{name}={value}"  # psycopg: libpq's options
+                                for name, value in settings.items())}
 
 
 def create_engine(options: ConnectionOptions) -> AsyncEngine:

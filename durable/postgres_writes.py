@@ -108,9 +108,12 @@ async def append_logs(conn: AsyncConnection, fragments: Sequence[LogFragment],
     for task_id, fence in fences.items():
         await _check_fence(conn, task_id, fence)
     if fragments:
-        await conn.execute(insert(log_fragments), [
+        # One multi-row statement, not executemany: a worker paused (SIGSTOP) mid-executemany
+        # leaves its session "active", waiting for the next row, and so never reaped by the
+        # idle-in-transaction timeout while its row locks stall the workers taking over.
+        await conn.execute(insert(log_fragments).values([
             {"task_id": f.task_id, "seq": f.seq, "stream": int(f.stream), "at": f.at,
-             "data": f.data} for f in fragments])
+             "data": f.data} for f in fragments]))
     if offsets is not None:
         task_id, stdout_offset, stderr_offset = offsets
         await conn.execute(update(process_handles)

@@ -14,65 +14,65 @@ output to the age and total rules. A task that has not finished is never touched
 Every deletion of output adds its size to ``tasks.log_dropped_bytes`` in the same transaction,
 so a reader sees each task either before or after a chunk, with the marker matching the gap.
 
-Each chunk is one write operation through the store's group-commit writer: it chooses what to
-delete *inside* its own transaction (never from an earlier, possibly stale read), deletes at
-most ``chunk_rows`` tasks or fragments and about ``chunk_bytes`` bytes, and commits. An
-interrupted prune leaves whole chunks done and nothing half-deleted. A dry run computes the
-same counts from one read snapshot and writes nothing.
+Each chunk is one write transaction that no other prune chunk runs alongside (SQLite: through
+the store's group-commit writer, under the database's write lock; PostgreSQL: under a
+transaction advisory lock, see :mod:`durable.retention_postgres`): it chooses what to delete
+*inside* its own transaction (never from an earlier, possibly stale read), deletes at most
+``chunk_rows`` tasks or fragments and about ``chunk_bytes`` bytes, and commits. An interrupted
+prune leaves whole chunks done and nothing half-deleted; several prunes at once end where one
+would. A dry run computes the same counts from one read snapshot and writes nothing.
 
 This module holds the policy, the reports, :func:`prune` and :func:`vacuum` with their loop and
-the dry-run tally; the chunk write operations and the reads that plan them are in
-:mod:`durable.retention_plan`.
+the dry-run tally, the same on both engines; the chunks and the reads that plan them are in
+:mod:`durable.retention_plan`, how they run on an engine in :mod:`durable.retention_engine`, and
+what differs per engine (running a chunk, giving space back) in :mod:`durable.retention_sqlite`
+and :mod:`durable.retention_postgres`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import anyio
 
-from durable.engine import ConnectionOptions, connect_sqlite
+from durable.engine import ConnectionOptions
 from durable.exceptions import StoreError
 from durable.persistence import PersistenceManager
+from durable.postgres import PostgresStore
+from durable.retention_engine import Chunk, ChunkOp, Dialect, Query, RetentionEngine
 from durable.retention_plan import (
-    AGED,
-    INCREMENTAL,
-    Chunk,
     Cut,
     DeleteAged,
     DropOldest,
-    IncrementalVacuum,
-    Query,
     TruncateTasks,
     after_cuts,
-    connection_query,
     keep_cutoff,
     oversized,
+    oversized_sizes,
     pick_oldest,
     plan_cut,
     total_bytes,
+    total_cutoff,
     walk_oldest,
 )
-from durable.writer import GroupCommitWriter
+from durable.retention_postgres import PostgresRetention, vacuum_tables
+from durable.retention_sqlite import SqliteRetention, vacuum_file
+from durable.store import Store
 
 if TYPE_CHECKING:
     from config.settings import RetentionSettings
 
-__all__ = ["RULES", "PruneReport", "RetentionPolicy", "RuleCount", "VacuumReport", "prune",
-           "vacuum"]
+__all__ = ["RULES", "PruneReport", "RetentionPolicy", "RuleCount", "SqlStore", "VacuumReport",
+           "prune", "retention_engine", "vacuum"]
 
 AGE, TASK_BYTES, TOTAL_BYTES = "max_age", "max_bytes_per_task", "max_total_bytes"
 RULES = (AGE, TASK_BYTES, TOTAL_BYTES)
-SMALL_DATABASE_BYTES = 32 * 1024 * 1024
-CHUNK_PAUSE = 0.02
-"""Seconds between prune chunks with the write lock free (SQLite's busy wait polls)."""
-"""A prune converts a database without incremental auto-vacuum by a full VACUUM up to this size
-(a few hundred milliseconds at most); a larger one waits for ``oneshot db vacuum``."""
-VACUUM_PAGES_PER_CHUNK = 1024  # about 80 ms of write lock each
+
+SqlStore: TypeAlias = PersistenceManager | PostgresStore
+"""The stores retention works on (a store in memory keeps nothing to prune)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +121,11 @@ class PruneReport:
     """Seconds from submitting the longest write (a chunk or a vacuum step) to its commit:
     bounds how long the prune held the write lock at once."""
     space: str = "unchanged"
-    """How space was given back: ``incremental`` (free pages returned to the file system),
-    ``vacuumed`` (a small database rewritten with incremental auto-vacuum), ``needs vacuum``
-    (run ``oneshot db vacuum``; freed pages are reused meanwhile) or ``unchanged``."""
+    """How space was given back. SQLite: ``incremental`` (free pages returned to the file
+    system), ``vacuumed`` (a small database rewritten with incremental auto-vacuum), ``needs
+    vacuum`` (run ``oneshot db vacuum``; freed pages are reused meanwhile). PostgreSQL:
+    ``autovacuum`` (nothing given back now: autovacuum makes the space reusable, the files keep
+    their size). ``unchanged``: nothing was deleted."""
     pages_released: int = 0
     page_size: int = 0
 
@@ -142,37 +144,46 @@ class PruneReport:
 
     @property
     def bytes_released(self) -> int:
-        """Bytes the database file gave back to the file system."""
+        """Bytes the database file gave back to the file system (0 on PostgreSQL)."""
         return self.pages_released * self.page_size
 
 
 @dataclass(frozen=True, slots=True)
 class VacuumReport:
-    """Database size in bytes before and after :func:`vacuum`."""
+    """Database size in bytes before and after :func:`vacuum` (PostgreSQL: Oneshot's tables
+    with their indexes)."""
 
     before: int
     after: int
 
 
-async def prune(store: PersistenceManager, policy: RetentionPolicy, *, dry_run: bool = False,
+def retention_engine(store: Store) -> RetentionEngine:
+    """How retention runs on ``store``; StoreError for a store it cannot prune."""
+    if isinstance(store, PersistenceManager):
+        return SqliteRetention(store)
+    if isinstance(store, PostgresStore):
+        return PostgresRetention(store)
+    raise StoreError(f"retention works on a SQL store, not {type(store).__name__}")
+
+
+async def prune(store: Store, policy: RetentionPolicy, *, dry_run: bool = False,
                 now: float | None = None, release_space: bool = True,
                 on_chunk: Callable[[PruneReport], object] | None = None) -> PruneReport:
     """Apply ``policy`` now (``now``: the clock the age rule uses) and report what went.
 
-    ``dry_run`` counts from one read snapshot and deletes nothing. ``on_chunk`` is called with
-    the report so far after every committed chunk. Afterwards, unless ``release_space`` is
-    false, freed pages are given back (see :attr:`PruneReport.space`).
+    ``store`` is a SQLite or PostgreSQL store (:data:`SqlStore`). ``dry_run`` counts from one
+    read snapshot and deletes nothing. ``on_chunk`` is called with the report so far after
+    every committed chunk. Afterwards, unless ``release_space`` is false, freed space is given
+    back as far as the engine does (see :attr:`PruneReport.space`).
     """
+    engine = retention_engine(store)
+    d = engine.dialect
     now = time.time() if now is None else now
     finished_before = None if policy.max_age is None else now - policy.max_age
     if dry_run:
-        async with store.engine.connect() as conn:
-            await conn.exec_driver_sql("BEGIN")  # every count from one snapshot
-            rules = await conn.run_sync(
-                lambda c: _plan(connection_query(c), policy, finished_before))
-            await conn.rollback()
+        rules = await engine.snapshot(lambda q: _plan(q, d, policy, finished_before))
         return PruneReport(dry_run=True, rules=rules)
-    run = _Run(store, on_chunk)
+    run = _Run(engine, on_chunk)
     budget = (policy.chunk_rows, policy.chunk_bytes)
     if finished_before is not None:
         done = False
@@ -181,56 +192,64 @@ async def prune(store: PersistenceManager, policy: RetentionPolicy, *, dry_run: 
                                                     *budget))).done
     if policy.max_bytes_per_task is not None:
         limit = policy.max_bytes_per_task
-        remaining = tuple(await run.read(lambda q: oversized(q, limit)))
+        remaining = tuple(await engine.read(lambda q: oversized(q, d, limit)))
         while remaining:
             remaining = (await run.chunk(TASK_BYTES, TruncateTasks(remaining, limit,
                                                                    *budget))).remaining
     if policy.max_total_bytes is not None:
-        excess = await run.read(total_bytes) - policy.max_total_bytes
+        total = policy.max_total_bytes
+        plan = await engine.snapshot(lambda q: total_cutoff(q, d, total, policy.keep_last))
+        excess, through = plan if plan is not None else (0, d.start)
         while excess > 0:
-            result = await run.chunk(TOTAL_BYTES, DropOldest(excess, policy.keep_last, *budget))
+            result = await run.chunk(TOTAL_BYTES, DropOldest(excess, through, policy.keep_last,
+                                                             *budget))
             excess -= result.bytes
             if result.done:
                 break
     report = run.report()
-    if release_space and (report.fragments_deleted or report.tasks_deleted):
-        report = await _release_space(store, report)
+    if release_space and (report.bytes_freed or report.tasks_deleted):
+        space = await engine.release_space()
+        report = replace(report, space=space.kind, pages_released=space.pages_released,
+                         page_size=space.page_size,
+                         longest_chunk=max(report.longest_chunk, space.longest))
     return report
 
 
 async def vacuum(options: ConnectionOptions) -> VacuumReport:
-    """Rewrite the database without free pages and with incremental auto-vacuum on.
+    """SQLite: rewrite the database without free pages and with incremental auto-vacuum on
+    (a full ``VACUUM``). PostgreSQL: a plain ``VACUUM (ANALYZE)`` of Oneshot's tables, which
+    makes deleted rows' space reusable now; it seldom shrinks them (no ``VACUUM FULL``).
 
-    Runs on a connection of its own (VACUUM cannot run inside a transaction, and the store's
-    writer always opens one), so no store needs to be open in this process; another process's
-    writes wait, and it waits up to ``busy_timeout`` for theirs.
+    Runs on a connection of its own, outside any transaction, so no store needs to be open
+    in this process.
     """
-    return await anyio.to_thread.run_sync(_vacuum_file, options)
+    if options.is_postgresql:
+        return VacuumReport(*await vacuum_tables(options))
+    return VacuumReport(*await anyio.to_thread.run_sync(vacuum_file, options))
 
 
 # -- dry run: what a prune would delete, from one read snapshot -----------------------------
 
 
-def _plan(q: Query, policy: RetentionPolicy, finished_before: float | None
+def _plan(q: Query, d: Dialect, policy: RetentionPolicy, finished_before: float | None
           ) -> dict[str, RuleCount]:
     """A dry run: what :func:`prune` would delete, by rule, from the current snapshot."""
-    keep = keep_cutoff(q, policy.keep_last)
+    keep = keep_cutoff(q, d, policy.keep_last)
     rules = {rule: RuleCount() for rule in RULES}
     survives, aged = "", tuple[float, ...]()
     if finished_before is not None:
         aged = (finished_before, keep)
-        ((tasks,),) = q(f"SELECT count(*) FROM tasks AS t WHERE {AGED}", aged)
+        ((tasks,),) = q(f"SELECT count(*) FROM tasks AS t WHERE {d.aged}", aged)
         ((fragments, nbytes),) = q(
             "SELECT count(*), coalesce(sum(length(f.data)), 0) FROM tasks AS t"
-            f" JOIN log_fragments AS f ON f.task_id = t.id WHERE {AGED}", aged)
-        rules[AGE] = RuleCount(tasks=tasks, fragments=fragments, bytes=nbytes)
-        survives = f" AND NOT ({AGED})"
+            f" JOIN log_fragments AS f ON f.task_id = t.id WHERE {d.aged}", aged)
+        rules[AGE] = RuleCount(tasks=int(tasks), fragments=int(fragments), bytes=int(nbytes))
+        survives = f" AND NOT ({d.aged})"
     cuts: dict[str, Cut] = {}
     if policy.max_bytes_per_task is not None:
-        for task_id in oversized(q, policy.max_bytes_per_task, survives, aged):
-            sizes = q("SELECT seq, length(data) FROM log_fragments WHERE task_id = ?"
-                      " ORDER BY seq", (task_id,))
-            cuts[task_id] = plan_cut(sizes, sum(s for _, s in sizes) - policy.max_bytes_per_task)
+        limit = policy.max_bytes_per_task
+        for task_id, sizes in oversized_sizes(q, d, limit, survives, aged).items():
+            cuts[task_id] = plan_cut(sizes, sum(s for _, s in sizes) - limit)
         rules[TASK_BYTES] = RuleCount(truncated=len(cuts),
                                       fragments=sum(c.fragments for c in cuts.values()),
                                       bytes=sum(c.bytes for c in cuts.values()))
@@ -238,7 +257,7 @@ def _plan(q: Query, policy: RetentionPolicy, finished_before: float | None
         excess = (total_bytes(q) - rules[AGE].bytes - rules[TASK_BYTES].bytes
                   - policy.max_total_bytes)
         if excess > 0:
-            rows = after_cuts(walk_oldest(q, keep, survives, aged), cuts)
+            rows = after_cuts(walk_oldest(q, d, keep, survives, aged), cuts)
             keys, per_task, _ = pick_oldest(rows, excess, None)
             rules[TOTAL_BYTES] = RuleCount(truncated=len(per_task), fragments=len(keys),
                                            bytes=sum(per_task.values()))
@@ -251,22 +270,16 @@ def _plan(q: Query, policy: RetentionPolicy, finished_before: float | None
 class _Run:
     """Submits chunks one at a time and keeps the tally."""
 
-    def __init__(self, store: PersistenceManager,
+    def __init__(self, engine: RetentionEngine,
                  on_chunk: Callable[[PruneReport], object] | None) -> None:
-        self.store, self.on_chunk = store, on_chunk
-        # The writer runs any operation with an ``apply(cursor)``; ours are not in WriteOp.
-        self.writer: GroupCommitWriter[Any] = store.writer
+        self.engine, self.on_chunk = engine, on_chunk
         self.counts = {rule: [0, 0, 0] for rule in RULES}  # tasks, fragments, bytes
         self.touched: dict[str, set[str]] = {rule: set() for rule in RULES}
         self.chunks, self.longest = 0, 0.0
 
-    async def read(self, fn: Callable[[Query], Any]) -> Any:
-        async with self.store.engine.connect() as conn:
-            return await conn.run_sync(lambda c: fn(connection_query(c)))
-
-    async def chunk(self, rule: str, op: Any) -> Chunk:
+    async def chunk(self, rule: str, op: ChunkOp) -> Chunk:
         started = time.perf_counter()
-        result: Chunk = await self.writer.submit(op)
+        result = await self.engine.chunk(op)
         self.longest = max(self.longest, time.perf_counter() - started)
         self.chunks += 1
         counts = self.counts[rule]
@@ -276,9 +289,10 @@ class _Run:
         self.touched[rule] |= result.touched
         if self.on_chunk is not None:
             self.on_chunk(self.report())
-        # Leave the write lock free for a moment: another process's busy wait polls, and
-        # back-to-back chunks would starve it for the whole prune.
-        await anyio.sleep(CHUNK_PAUSE)
+        if self.engine.pause:
+            # Leave the write lock free for a moment: another process's busy wait polls, and
+            # back-to-back chunks would starve it for the whole prune.
+            await anyio.sleep(self.engine.pause)
         return result
 
     def report(self) -> PruneReport:
@@ -288,44 +302,3 @@ class _Run:
                            longest_chunk=self.longest)
 
 
-async def _release_space(store: PersistenceManager, report: PruneReport) -> PruneReport:
-    writer: GroupCommitWriter[Any] = store.writer
-    released, longest = 0, report.longest_chunk
-    while True:
-        started = time.perf_counter()
-        mode, pages, left = await writer.submit(IncrementalVacuum(VACUUM_PAGES_PER_CHUNK))
-        longest = max(longest, time.perf_counter() - started)
-        released += pages
-        if mode != INCREMENTAL or not left or not pages:
-            break
-    report = replace(report, longest_chunk=longest)
-    async with store.engine.connect() as conn:
-        page_size = int((await conn.exec_driver_sql("PRAGMA page_size")).scalar_one())
-        page_count = int((await conn.exec_driver_sql("PRAGMA page_count")).scalar_one())
-    if mode == INCREMENTAL:
-        return replace(report, space="incremental", pages_released=released,
-                       page_size=page_size)
-    if page_count * page_size > SMALL_DATABASE_BYTES:
-        return replace(report, space="needs vacuum", page_size=page_size)
-    sizes = await vacuum(store.options)
-    return replace(report, space="vacuumed", page_size=page_size,
-                   pages_released=(sizes.before - sizes.after) // page_size)
-
-
-def _vacuum_file(options: ConnectionOptions) -> VacuumReport:
-    conn = connect_sqlite(options)
-    try:
-        before = _database_bytes(conn)
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # VACUUM makes it take effect
-        conn.execute("VACUUM")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        return VacuumReport(before, _database_bytes(conn))
-    except sqlite3.Error as exc:
-        raise StoreError(f"vacuum failed: {exc}") from exc
-    finally:
-        conn.close()
-
-
-def _database_bytes(conn: sqlite3.Connection) -> int:
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    return int(conn.execute("PRAGMA page_count").fetchone()[0]) * int(page_size)

@@ -1,54 +1,24 @@
-"""Retention's SQL: the chunk write operations and the reads that plan them.
+"""Retention's SQL, the same on every engine: the chunks and the reads that plan them.
 
-Each chunk (:class:`DeleteAged`, :class:`TruncateTasks`, :class:`DropOldest`,
-:class:`IncrementalVacuum`) is a write operation for the store's group-commit writer: its
-``apply(cursor)`` chooses what to delete inside its own transaction and deletes it. The reads
-(:func:`keep_cutoff`, :func:`oversized`, :func:`total_bytes`, :func:`walk_oldest`) and the pure
-planners (:func:`plan_cut`, :func:`pick_oldest`, :func:`after_cuts`) serve both a chunk and a dry
-run, which runs them through a :data:`Query` on a read connection. The policy, the reports and
-the prune loop are in :mod:`durable.retention`.
+Each chunk (:class:`DeleteAged`, :class:`TruncateTasks`, :class:`DropOldest`) is run by an
+engine (:class:`durable.retention_engine.RetentionEngine`) inside one write transaction that no
+other prune chunk runs alongside; its ``run`` chooses what to delete inside that transaction,
+from the committed state, and deletes it. The reads (:func:`keep_cutoff`, :func:`oversized`,
+:func:`oversized_sizes`, :func:`total_bytes`, :func:`walk_oldest`, :func:`total_cutoff`) and the
+pure planners (:func:`plan_cut`, :func:`pick_oldest`, :func:`after_cuts`) serve both a chunk and
+a dry run. The policy, the reports and the prune loop are in :mod:`durable.retention`.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy.engine import Connection
+from durable.retention_engine import Chunk, Dialect, Position, Query, marks
 
-from durable.states import TERMINAL_STATES
-
-INCREMENTAL = 2  # PRAGMA auto_vacuum value
-
-_FINISHED = "t.state IN (" + ", ".join(f"'{s.value}'" for s in sorted(TERMINAL_STATES)) + ")"
-_FINISHED_NO_INDEX = "+" + _FINISHED  # a filter only: the query walks another index
-# Oldest finished first, by ix_tasks_finished_at (the unary plus keeps the planner off the
-# state index, which would sort every finished task for each chunk).
-AGED = (f"{_FINISHED_NO_INDEX} AND t.finished_at IS NOT NULL AND t.finished_at < ?"
-        " AND +t.created_at < ?")
-_OLDEST_FRAGMENTS = (
-    "SELECT f.rowid, f.task_id, f.seq, f.at, length(f.data) FROM log_fragments AS f"
-    f" CROSS JOIN tasks AS t WHERE t.id = f.task_id AND {_FINISHED} AND t.created_at < ?"
-)
-
-Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
-"""Runs one SQL statement with ``?`` parameters and returns its rows (a write or read side)."""
-
-
-# -- chunks: write operations run by the store's writer thread ----------------------------
-
-
-@dataclass(slots=True)
-class Chunk:
-    tasks: int = 0
-    fragments: int = 0
-    bytes: int = 0
-    touched: set[str] = field(default_factory=set)
-    done: bool = True
-    remaining: tuple[str, ...] = ()
+# -- chunks: each runs in its own write transaction -----------------------------------------
 
 
 @dataclass(slots=True)
@@ -83,7 +53,8 @@ def plan_cut(rows: Iterable[tuple[int, int]], excess: int | None,
 
 
 def _cut_task(q: Query, task_id: str, excess: int | None, rows: int, nbytes: int) -> Cut:
-    """Delete (within the budget) a task's oldest output and count it in its marker."""
+    """Delete (within the budget) a task's oldest output; the caller counts it in the task's
+    marker (:func:`_add_dropped`), in the same transaction."""
     sizes = q("SELECT seq, length(data) FROM log_fragments WHERE task_id = ? ORDER BY seq"
               " LIMIT ?", (task_id, rows + 1))
     cut = plan_cut(sizes, excess, rows, nbytes)
@@ -93,10 +64,18 @@ def _cut_task(q: Query, task_id: str, excess: int | None, rows: int, nbytes: int
         seq, drop = cut.trim
         q("UPDATE log_fragments SET data = substr(data, ?) WHERE task_id = ? AND seq = ?",
           (drop + 1, task_id, seq))
-    if cut.bytes:
-        q("UPDATE tasks SET log_dropped_bytes = log_dropped_bytes + ? WHERE id = ?",
-          (cut.bytes, task_id))
     return cut
+
+
+def _add_dropped(q: Query, dropped: dict[str, int]) -> None:
+    """Add each task's deleted bytes to its ``log_dropped_bytes``: one statement per 500."""
+    items = [(task_id, n) for task_id, n in dropped.items() if n]
+    for start in range(0, len(items), 500):
+        batch = items[start:start + 500]
+        cases = " ".join("WHEN ? THEN CAST(? AS BIGINT)" for _ in batch)
+        q(f"UPDATE tasks SET log_dropped_bytes = log_dropped_bytes + CASE id {cases} END"
+          f" WHERE id IN ({marks(batch)})",
+          [*(v for item in batch for v in item), *(task_id for task_id, _ in batch)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +85,15 @@ class DeleteAged:
     rows: int
     bytes: int
 
-    def apply(self, cur: sqlite3.Cursor) -> Chunk:
-        q = _cursor_query(cur)
-        params = (self.finished_before, keep_cutoff(q, self.keep_last))
-        ids = [row[0] for row in q(f"SELECT t.id FROM tasks AS t WHERE {AGED}"
+    def run(self, q: Query, d: Dialect) -> Chunk:
+        params = (self.finished_before, keep_cutoff(q, d, self.keep_last))
+        ids = [row[0] for row in q(f"SELECT t.id FROM tasks AS t WHERE {d.aged}"
                                    " ORDER BY t.finished_at LIMIT ?", (*params, self.rows))]
         if not ids:
             return Chunk()
         sizes = {tid: (n, b) for tid, n, b in q(
             "SELECT task_id, count(*), sum(length(data)) FROM log_fragments"
-            f" WHERE task_id IN ({_marks(ids)}) GROUP BY task_id", ids)}
+            f" WHERE task_id IN ({marks(ids)}) GROUP BY task_id", ids)}
         chunk, taken = Chunk(done=len(ids) < self.rows), list[str]()
         for tid in ids:
             n, b = sizes.get(tid, (0, 0))
@@ -127,8 +105,9 @@ class DeleteAged:
         if len(taken) == 1 and (chunk.fragments > self.rows or chunk.bytes > self.bytes):
             # One task with more output than a chunk: its output goes first, in pieces.
             cut = _cut_task(q, taken[0], None, self.rows, self.bytes)
+            _add_dropped(q, {taken[0]: cut.bytes})
             return Chunk(fragments=cut.fragments, bytes=cut.bytes, done=False)
-        q(f"DELETE FROM tasks WHERE id IN ({_marks(taken)})", taken)
+        q(f"DELETE FROM tasks WHERE id IN ({marks(taken)})", taken)
         chunk.tasks = len(taken)
         return chunk
 
@@ -140,65 +119,68 @@ class TruncateTasks:
     rows: int
     bytes: int
 
-    def apply(self, cur: sqlite3.Cursor) -> Chunk:
-        q, chunk = _cursor_query(cur), Chunk()
+    def run(self, q: Query, d: Dialect) -> Chunk:
+        chunk, dropped, stop = Chunk(), dict[str, int](), len(self.task_ids)
+        totals: dict[str, int] = {}
         for index, task_id in enumerate(self.task_ids):
             rows, nbytes = self.rows - chunk.fragments, self.bytes - chunk.bytes
             if rows <= 0 or nbytes <= 0:
-                return replace(chunk, done=False, remaining=self.task_ids[index:])
-            if not q(f"SELECT 1 FROM tasks AS t WHERE t.id = ? AND {_FINISHED}", (task_id,)):
-                continue  # gone, or (never, as states go) not finished any more
-            ((total,),) = q("SELECT coalesce(sum(length(data)), 0) FROM log_fragments"
-                            " WHERE task_id = ?", (task_id,))
+                stop = index
+                break
+            if index % _SIZES_BATCH == 0:
+                totals = _finished_sizes(q, d, self.task_ids[index:index + _SIZES_BATCH])
+            total = totals.get(task_id, 0)  # gone or unfinished: not there
             if total <= self.max_bytes:
-                continue
+                continue  # within the limit (another prune may have cut it meanwhile)
             cut = _cut_task(q, task_id, total - self.max_bytes, rows, nbytes)
             chunk.fragments, chunk.bytes = chunk.fragments + cut.fragments, chunk.bytes + cut.bytes
             chunk.touched.add(task_id)
+            dropped[task_id] = cut.bytes
             if not cut.complete:
-                return replace(chunk, done=False, remaining=self.task_ids[index:])
+                stop = index
+                break
+        _add_dropped(q, dropped)
+        if stop < len(self.task_ids):
+            return replace(chunk, done=False, remaining=self.task_ids[stop:])
         return chunk
+
+
+_SIZES_BATCH = 32
+"""Tasks whose size one statement of :class:`TruncateTasks` reads."""
+
+
+def _finished_sizes(q: Query, d: Dialect, task_ids: Sequence[str]) -> dict[str, int]:
+    """The output size now of those of ``task_ids`` that exist, have finished and have output."""
+    return {task_id: int(total) for task_id, total in q(
+        "SELECT t.id, sum(length(f.data)) FROM tasks AS t"
+        f" JOIN log_fragments AS f ON f.task_id = t.id WHERE t.id IN ({marks(task_ids)})"
+        f" AND {d.finished} GROUP BY t.id", task_ids)}
 
 
 @dataclass(frozen=True, slots=True)
 class DropOldest:
+    """Whole fragments, oldest first, up to ``through`` (the newest one the total rule takes,
+    from :func:`total_cutoff`) and until ``excess`` bytes are gone."""
+
     excess: int
+    through: Position
     keep_last: int
     rows: int
     bytes: int
 
-    def apply(self, cur: sqlite3.Cursor) -> Chunk:
-        q = _cursor_query(cur)
-        found = q(f"{_OLDEST_FRAGMENTS} ORDER BY f.at, f.rowid LIMIT ?",
-                  (keep_cutoff(q, self.keep_last), self.rows))
-        picked = pick_oldest(((rowid, tid, size) for rowid, tid, _, _, size in found),
-                              self.excess, self.bytes)
-        rowids, per_task, covered = picked
-        if rowids:
-            q(f"DELETE FROM log_fragments WHERE rowid IN ({_marks(rowids)})", rowids)
-        for task_id, dropped in per_task.items():
-            q("UPDATE tasks SET log_dropped_bytes = log_dropped_bytes + ? WHERE id = ?",
-              (dropped, task_id))
-        done = covered or (len(found) < self.rows and len(rowids) == len(found))
-        return Chunk(fragments=len(rowids), bytes=sum(per_task.values()),
+    def run(self, q: Query, d: Dialect) -> Chunk:
+        found = q(f"{d.oldest_fragments} AND {d.through} ORDER BY {d.order} LIMIT ?",
+                  (keep_cutoff(q, d, self.keep_last), *self.through, self.rows))
+        width = len(d.key)
+        keys, per_task, covered = pick_oldest(
+            ((tuple(row[:width]), row[width], row[-1]) for row in found), self.excess,
+            self.bytes)
+        if keys:
+            q(*d.delete_fragments(keys))
+        _add_dropped(q, per_task)
+        done = covered or (len(found) < self.rows and len(keys) == len(found))
+        return Chunk(fragments=len(keys), bytes=sum(per_task.values()),
                       touched=set(per_task), done=done)
-
-
-@dataclass(frozen=True, slots=True)
-class IncrementalVacuum:
-    pages: int
-
-    def apply(self, cur: sqlite3.Cursor) -> tuple[int, int, int]:
-        """(auto_vacuum mode, pages released, free pages left)."""
-        mode = cur.execute("PRAGMA auto_vacuum").fetchone()[0]
-        free = cur.execute("PRAGMA freelist_count").fetchone()[0]
-        if mode != INCREMENTAL:
-            return mode, 0, free
-        for _ in range(min(free, self.pages)):
-            # sqlite3 steps a statement without result columns once: one page per execute.
-            cur.execute("PRAGMA incremental_vacuum")
-        left = cur.execute("PRAGMA freelist_count").fetchone()[0]
-        return mode, free - left, left
 
 
 def pick_oldest(rows: Iterable[tuple[Any, str, int]], excess: int, max_bytes: int | None
@@ -217,72 +199,98 @@ def pick_oldest(rows: Iterable[tuple[Any, str, int]], excess: int, max_bytes: in
     return keys, per_task, dropped >= excess
 
 
-# -- reads shared by both sides -------------------------------------------------------------
+# -- reads shared by chunks, the prune loop and the dry run ---------------------------------
 
 
-def keep_cutoff(q: Query, keep_last: int) -> float:
+def keep_cutoff(q: Query, d: Dialect, keep_last: int) -> float:
     """Finished tasks created at or after this time are the newest ``keep_last``."""
     if keep_last == 0:
         return math.inf
-    rows = q(f"SELECT t.created_at FROM tasks AS t WHERE {_FINISHED_NO_INDEX}"
+    rows = q(f"SELECT t.created_at FROM tasks AS t WHERE {d.finished_filter}"
              " ORDER BY t.created_at DESC LIMIT 1 OFFSET ?", (keep_last - 1,))
     return float(rows[0][0]) if rows else -math.inf
 
 
-def oversized(q: Query, max_bytes: int, where: str = "", params: Sequence[Any] = ()
-              ) -> list[str]:
-    """Finished tasks storing more than ``max_bytes`` of output (a scan of all fragments)."""
-    return [row[0] for row in q(
-        "SELECT t.id FROM tasks AS t JOIN (SELECT task_id FROM log_fragments GROUP BY task_id"
-        f" HAVING sum(length(data)) > ?) AS s ON s.task_id = t.id WHERE {_FINISHED}{where}"
-        " ORDER BY t.id", (max_bytes, *params))]
+def oversized(q: Query, d: Dialect, max_bytes: int, where: str = "",
+              params: Sequence[Any] = ()) -> list[str]:
+    """Finished tasks storing more than ``max_bytes`` of output (a scan of all fragments);
+    ``where`` narrows them further (on ``t``, with ``params``)."""
+    return [row[0] for row in q(f"{_oversized(d, where)} ORDER BY t.id", (max_bytes, *params))]
+
+
+def oversized_sizes(q: Query, d: Dialect, max_bytes: int, where: str = "",
+                    params: Sequence[Any] = ()) -> dict[str, list[tuple[int, int]]]:
+    """The same tasks' fragments, ``(seq, size)`` oldest first, in one read."""
+    sizes: dict[str, list[tuple[int, int]]] = {}
+    for task_id, seq, size in q(
+            "SELECT task_id, seq, length(data) FROM log_fragments"
+            f" WHERE task_id IN ({_oversized(d, where)}) ORDER BY task_id, seq",
+            (max_bytes, *params)):
+        sizes.setdefault(task_id, []).append((seq, size))
+    return sizes
+
+
+def _oversized(d: Dialect, where: str) -> str:
+    return ("SELECT t.id FROM tasks AS t JOIN (SELECT task_id FROM log_fragments"
+            " GROUP BY task_id HAVING sum(length(data)) > ?) AS s ON s.task_id = t.id"
+            f" WHERE {d.finished}{where}")
 
 
 def total_bytes(q: Query) -> int:
     return int(q("SELECT coalesce(sum(length(data)), 0) FROM log_fragments", ())[0][0])
 
 
-def walk_oldest(q: Query, keep: float, survives: str, aged: Sequence[Any]
-                ) -> Iterator[tuple[int, str, int, int]]:
-    """Every fragment the total rule may take, oldest first, in pages: (rowid, task, seq,
-    size)."""
-    after: tuple[float, int] = (-math.inf, -1)
+Fragment = tuple[tuple[Any, ...], str, int, float, int]
+"""A fragment as :func:`walk_oldest` yields it: (key, task id, seq, at, size)."""
+
+
+def walk_oldest(q: Query, d: Dialect, keep: float, survives: str = "",
+                aged: Sequence[Any] = ()) -> Iterator[Fragment]:
+    """Every fragment the total rule may take, oldest first, in pages of 1000."""
+    width, after = len(d.key), d.start
     while True:
-        page = q(f"{_OLDEST_FRAGMENTS}{survives} AND (f.at, f.rowid) > (?, ?)"
-                 " ORDER BY f.at, f.rowid LIMIT 1000", (keep, *aged, *after))
-        for rowid, task_id, seq, _, size in page:
-            yield rowid, task_id, seq, size
+        page = q(f"{d.oldest_fragments}{survives} AND {d.after} ORDER BY {d.order} LIMIT 1000",
+                 (keep, *aged, *after))
+        for row in page:
+            key, (task_id, seq, at, size) = tuple(row[:width]), row[width:]
+            yield key, task_id, seq, at, size
         if len(page) < 1000:
             return
-        after = (page[-1][3], page[-1][0])
+        last = page[-1]
+        after = (last[width + 2], *last[:width])
 
 
-def after_cuts(rows: Iterator[tuple[int, str, int, int]], cuts: dict[str, Cut]
-               ) -> Iterator[tuple[Any, str, int]]:
+def total_cutoff(q: Query, d: Dialect, max_total: int, keep_last: int
+                 ) -> tuple[int, Position] | None:
+    """What the total rule deletes now: (excess bytes, position of the newest fragment that
+    goes), or None when the output is within ``max_total`` or nothing may go.
+
+    The oldest fragments go while what remains is over the limit, so a fragment goes exactly
+    when it, the fragments after it and the protected output are together over the limit: a
+    property of the fragments that stay, which deleting the older ones does not change. Two
+    prunes planning a moment apart (one of them partway through) find the same last fragment,
+    and between them delete what one would have.
+    """
+    excess = total_bytes(q) - max_total
+    if excess <= 0:
+        return None
+    covered, last = 0, None
+    for key, _, _, at, size in walk_oldest(q, d, keep_cutoff(q, d, keep_last)):
+        covered, last = covered + size, (at, *key)
+        if covered >= excess:
+            break
+    return None if last is None else (excess, last)
+
+
+def after_cuts(rows: Iterator[Fragment], cuts: dict[str, Cut]) -> Iterator[tuple[Any, str, int]]:
     """The fragments as the per-task rule leaves them: deleted ones skipped, the cut one
     shorter."""
-    for rowid, task_id, seq, size in rows:
+    for key, task_id, seq, _, size in rows:
         cut = cuts.get(task_id)
         if cut is not None and cut.through is not None and seq <= cut.through:
             continue
         if cut is not None and cut.trim is not None and cut.trim[0] == seq:
             size -= cut.trim[1]
-        yield rowid, task_id, size
+        yield key, task_id, size
 
 
-def _cursor_query(cur: sqlite3.Cursor) -> Query:
-    def query(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return cur.execute(sql, tuple(params)).fetchall()
-
-    return query
-
-
-def connection_query(conn: Connection) -> Query:
-    def query(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return [tuple(row) for row in conn.exec_driver_sql(sql, tuple(params)).all()]
-
-    return query
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" for _ in values)

@@ -302,7 +302,10 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:
     cur = conn.cursor()
     outcomes: list[Any] = []
     single = len(ops) == 1
-    cur.execute("BEGIN IMMEDIATE")
+    try:
+        cur.execute("BEGIN IMMEDIATE")  # waits up to busy_timeout for another process's lock
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"commit failed: {exc}") from exc
     try:
         for op in ops:
             if not single:

@@ -128,6 +128,7 @@ class AsyncOrchestrator:
         self.worker_id = worker_id or new_worker_id()
         self.lease_seconds = self.settings.worker.lease_seconds
         self.worker_state: WorkerState = "active"
+        self._leases_confirmed_at = time.time()
         self.limiter = anyio.CapacityLimiter(self.settings.concurrency)
         self._temporary_spool: Path | None = None
         self.capture_options = CaptureOptions(
@@ -266,7 +267,7 @@ class AsyncOrchestrator:
         else:
             handle = TaskHandle(record.id, OneshotTask(
                 self.store, record, options=self.capture_options, env=env, tee=tee,
-                worker=self.worker_id, reattach=reattach))
+                worker=self.worker_id, reattach=reattach, holds_lease=self.holds_leases))
         self._handles[record.id] = handle
         # A reattached command is already running: following it takes no capacity.
         limiter = self.limiter if reattach is None else contextlib.nullcontext()
@@ -296,11 +297,12 @@ class AsyncOrchestrator:
     async def _settle(self, task_id: str, runner: Runner) -> TaskResult:
         if runner.let_go is None:
             return await runner.settle_interrupted()
-        if runner.let_go is LetGo.HAND_OVER:
-            await self.store.release_lease(task_id)
-        else:
+        if runner.let_go is LetGo.LEASE_LOST:
             logger.warning("task %s: %s; this worker stops following it", task_id,
                            runner.let_go.value)
+        # Fenced: a no-op if another worker took the task over, else it goes to whoever takes
+        # it next (never left owned by a worker that no longer follows it).
+        await self.store.release_lease(task_id)
         return TaskResult(task_id, runner.machine.state, None, runner.let_go.value)
 
     async def wait_for_task_end(self) -> None:
@@ -310,11 +312,18 @@ class AsyncOrchestrator:
     def lease_expiry(self) -> float:
         return time.time() + self.lease_seconds
 
+    def holds_leases(self) -> bool:
+        """Whether this orchestrator's leases surely still hold: its last heartbeat began less
+        than most of a lease ago. False after a pause (SIGSTOP) or stall past the lease, when
+        others may have taken its tasks over: no new side effect (a spawn) may start then."""
+        return time.time() < self._leases_confirmed_at + self.lease_seconds * 0.8
+
     async def _heartbeat(self) -> None:
         """Keep this orchestrator's leases (and its ``workers`` row, if any) alive; let go of
         tasks another worker took over while this one could not heartbeat (paused, cut off)."""
         while True:
             await anyio.sleep(self.lease_seconds / 3)
+            started = time.time()
             try:
                 lost = await self.store.heartbeat(self.worker_id, state=self.worker_state,
                                                   lease_seconds=self.lease_seconds)
@@ -322,6 +331,7 @@ class AsyncOrchestrator:
                 logger.warning("heartbeat failed (leases expire in at most %.0f s): %s",
                                self.lease_seconds, exc)
                 continue
+            self._leases_confirmed_at = started
             for task_id in lost:
                 handle = self._handles.get(task_id)
                 if handle is not None and not handle.done:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import anyio
 
-from durable.exceptions import CommandNotFound
+from durable.exceptions import CommandNotFound, LeaseLost
 from durable.records import Stream, TaskRecord
 from durable.states import TaskState
 from durable.store import Store
@@ -57,7 +57,7 @@ class LetGo(StrEnum):
     """Why a worker stops following a task it does not end: nothing is stopped, and the
     task's state is left for the next owner."""
 
-    LEASE_LOST = "lease lost: another worker took the task over"
+    LEASE_LOST = "lease lost: another worker took (or may take) the task over"
     HAND_OVER = "handed over by a draining worker"
 
 
@@ -92,6 +92,7 @@ class OneshotTask:
         tee: Tee | None = None,
         worker: str | None = None,
         reattach: Reattachment | None = None,
+        holds_lease: Callable[[], bool] = lambda: True,
     ) -> None:
         if record.argv is None:
             raise ValueError(f"task {record.id} has no command")
@@ -105,6 +106,7 @@ class OneshotTask:
         self.interrupt_reason = "cancelled"
         self.let_go: LetGo | None = None
         self.reattachment = reattach
+        self.holds_lease = holds_lease
         self.capture = self._new_capture(0, (0, 0))
 
     @property
@@ -128,6 +130,10 @@ class OneshotTask:
             if last:
                 self.capture = self._new_capture(last[0].seq + 1, (0, 0))
         run_dir = run_dir_for(self.options.spool_dir, self.id, self.record.attempt)
+        if not self.holds_lease():
+            # Paused past the lease between the RUNNING commit and here (SIGSTOP, a stall):
+            # another worker may already run the task; starting it too would run it twice.
+            raise LeaseLost(self.id)
         # Shielded: a cancel arriving mid-launch must not leave a started shim unrecorded and
         # unstopped; it is delivered in follow(), which stops the command it then knows about.
         with anyio.CancelScope(shield=True):

@@ -10,6 +10,7 @@ once, with the claimer as owner, a lease, and a new fencing token.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -18,8 +19,11 @@ from dataclasses import dataclass, replace
 
 import anyio
 
+from durable.exceptions import OneshotError
 from durable.records import WorkerRecord
 from orchestrator.orchestrator import AsyncOrchestrator
+
+logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.1
 """Seconds between claims while the queue is empty (a task ending here claims at once)."""
@@ -66,9 +70,13 @@ async def run_worker(orch: AsyncOrchestrator, stop: anyio.Event,
         while not stop.is_set():
             free = orch.settings.concurrency - orch.active
             if free > 0:
-                records = await orch.store.claim(
-                    worker=orch.worker_id, queues=options.queues, limit=free,
-                    lease_seconds=orch.lease_seconds)
+                try:
+                    records = await orch.store.claim(
+                        worker=orch.worker_id, queues=options.queues, limit=free,
+                        lease_seconds=orch.lease_seconds)
+                except OneshotError as exc:  # a lock timeout, the server restarting, ...
+                    logger.warning("claim failed, retrying: %s", exc)
+                    records = []
                 for task in records:
                     orch.start_task(task)
                 claimed += len(records)
@@ -113,9 +121,14 @@ async def _until_idle(orch: AsyncOrchestrator) -> None:
 
 
 async def _every(job: PeriodicJob, stop: anyio.Event) -> None:
+    """Run the job every interval; a failed run (database unreachable, a lock timeout) is
+    reported and tried again next time instead of stopping the worker."""
     while True:
         with anyio.move_on_after(job.interval):
             await stop.wait()
         if stop.is_set():
             return
-        await job.run()
+        try:
+            await job.run()
+        except OneshotError as exc:
+            logger.warning("%s failed, retrying in %.0f s: %s", job.name, job.interval, exc)

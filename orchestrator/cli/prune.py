@@ -1,4 +1,8 @@
-"""Retention from the command line: prune, db vacuum, and the worker's periodic prune."""
+"""Retention from the command line: prune, db vacuum, and the worker's periodic prune.
+
+The same on SQLite and PostgreSQL; only how space is given back differs (see
+:mod:`durable.retention_sqlite` and :mod:`durable.retention_postgres`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from config import OneshotSettings
 from durable.engine import ConnectionOptions
 from durable.exceptions import OneshotError
 from durable.persistence import PersistenceManager
+from durable.postgres import PostgresStore
 from durable.retention import AGE, TASK_BYTES, TOTAL_BYTES, PruneReport, RetentionPolicy
 from durable.retention import prune as prune_store
 from durable.retention import vacuum as vacuum_database
@@ -38,8 +43,8 @@ async def prune(obj: Context, dry_run: bool) -> None:
     settings = persistent_settings(obj, "prune")
     store = await open_store(settings)
     try:
-        if not isinstance(store, PersistenceManager):  # pragma: no cover - persistence is on
-            fail("prune works on a SQL store", 2)
+        if not isinstance(store, PersistenceManager | PostgresStore):  # pragma: no cover
+            fail("prune works on a SQL store", 2)  # persistence is on: never in memory
             return
         policy = RetentionPolicy.from_settings(settings.retention)
         with ProgressBar("Pruning", unit="rows") as bar:
@@ -56,15 +61,25 @@ async def prune(obj: Context, dry_run: bool) -> None:
 @pass_context
 @async_command
 async def vacuum(obj: Context) -> None:
-    """Rewrite the database without free pages (full VACUUM) and turn on incremental
-    auto-vacuum, so later prunes give space back by themselves."""
-    settings = obj.settings()
-    options = ConnectionOptions(url=settings.database.url,
-                                synchronous=settings.database.synchronous,
-                                busy_timeout_ms=settings.database.busy_timeout_ms)
+    """Give the space of deleted rows back. SQLite: rewrite the file without free pages (a
+    full VACUUM) and turn on incremental auto-vacuum, so later prunes shrink it by themselves.
+    PostgreSQL: a plain VACUUM (ANALYZE) of Oneshot's tables (space reusable and statistics
+    fresh now; the files seldom shrink; no VACUUM FULL)."""
+    options = ConnectionOptions.from_settings(obj.settings().database)
+    if options.is_postgresql:
+        with ProgressBar("Vacuuming"):
+            sizes = await vacuum_database(options)
+        schema = "" if options.schema is None else f" (schema {options.schema})"
+        err_console.print(
+            f"oneshot: ran VACUUM (ANALYZE) on Oneshot's tables in {options.display_url}"
+            f"{schema}: {_size(sizes.before)} before, {_size(sizes.after)} after (with indexes);"
+            " the space of deleted rows is reusable by new rows now (PostgreSQL seldom shrinks"
+            " its files; autovacuum does this on its own too)",
+            highlight=False, markup=False, soft_wrap=True)
+        return
     path = options.sqlite_path
     if path is None:
-        fail("db vacuum works on a SQLite database", 2)
+        fail("db vacuum works on a SQLite or PostgreSQL database", 2)
         return
     if not path.is_file():
         fail(f"no database at {path}")
@@ -75,9 +90,10 @@ async def vacuum(obj: Context) -> None:
 
 
 def retention_jobs(orch: AsyncOrchestrator) -> list[PeriodicJob]:
-    """The worker's periodic prune (every ``retention.interval`` seconds), for a SQL store."""
+    """The worker's periodic prune (every ``retention.interval`` seconds), for a SQL store
+    (SQLite or PostgreSQL; on PostgreSQL every worker runs it, and their chunks take turns)."""
     store, settings = orch.store, orch.settings
-    if not isinstance(store, PersistenceManager):
+    if not isinstance(store, PersistenceManager | PostgresStore):
         return []
     policy = RetentionPolicy.from_settings(settings.retention)
 
@@ -124,6 +140,9 @@ def summary(report: PruneReport) -> str:
         text += f"; the file gave back {_size(report.bytes_released)}"
     elif report.space == "needs vacuum":
         text += "; run `oneshot db vacuum` to shrink the file"
+    elif report.space == "autovacuum":
+        text += ("; 0 bytes given back now: PostgreSQL's autovacuum makes the space reusable "
+                 "(the files keep their size)")
     return text
 
 
