@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from durable.exceptions import StateConflict
+from durable.exceptions import StateConflict, StoreError
 from durable.records import ProcessHandle, TaskKind, TaskRecord
 from durable.recovery import _is_zombie, find_orphans
 from durable.states import TaskState
@@ -46,6 +47,8 @@ from orchestrator.task import OneshotTask, Reattachment
 if TYPE_CHECKING:
     from orchestrator.orchestrator import AsyncOrchestrator, TaskHandle
 
+
+logger = logging.getLogger(__name__)
 
 RECOVERY_CONCURRENCY = 64
 """Orphans decided at once: enough to share commits, few enough to bound open files."""
@@ -126,6 +129,9 @@ async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord 
         )
     except StateConflict:
         return None  # someone else moved it first
+    except StoreError as exc:  # e.g. a lock timeout behind a paused owner: next scan retries
+        logger.warning("task %s: takeover failed, will retry: %s", record.id, exc)
+        return None
     return replace(record, state=TaskState.RECOVERING, owner=orch.worker_id, attempt=attempt,
                    lease_expires_at=lease, fence=record.fence + 1)
 

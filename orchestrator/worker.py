@@ -130,5 +130,6 @@ async def _every(job: PeriodicJob, stop: anyio.Event) -> None:
             return
         try:
             await job.run()
-        except OneshotError as exc:
-            logger.warning("%s failed, retrying in %.0f s: %s", job.name, job.interval, exc)
+        except* OneshotError as failed:  # raised alone or from the job's task group
+            logger.warning("%s failed, retrying in %.0f s: %s", job.name, job.interval,
+                           "; ".join(str(exc) for exc in failed.exceptions))
