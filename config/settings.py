@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationInfo,
     field_validator,
 )
@@ -42,6 +43,7 @@ APP_NAME = "oneshot"
 CONFIG_FILE_NAME = "oneshot.toml"
 CONFIG_ENV_VAR = "ONESHOT_CONFIG"
 DEFAULT_SECRET_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*KEY*")
+UI_TOKEN_MIN_LENGTH = 16
 
 SynchronousLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 MissingProcessMode = Literal["interrupt", "restart", "fail"]
@@ -150,6 +152,7 @@ class DatabaseSettings(_Section):
     url: str = Field(default_factory=default_database_url)
     synchronous: SynchronousLevel = "FULL"
     busy_timeout_ms: int = Field(default=5000, ge=0)
+    retry_seconds: float = Field(default=10.0, ge=0)  # transient failures retried this long
     auto_upgrade: bool = True  # opening the store migrates it to head
     commit_batch_max: int = Field(default=2000, ge=1)  # operations per group commit
     commit_max_wait_ms: float = Field(default=0.0, ge=0)  # wait to gather more work
@@ -230,6 +233,22 @@ class WorkerSettings(_Section):
     queues: StrList = Field(default_factory=lambda: ["default"])  # queues a worker takes from
 
 
+class UiSettings(_Section):
+    """`oneshot ui`: where the dashboard listens, and the token it asks for."""
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=8765, ge=0, le=65535)  # 0: any free port (printed at start)
+    # Required to serve on anything but loopback; SecretStr so it is never printed.
+    token: SecretStr | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < UI_TOKEN_MIN_LENGTH:
+            raise ValueError(f"the token must have at least {UI_TOKEN_MIN_LENGTH} characters")
+        return value
+
+
 class WorkflowsSettings(_Section):
     modules: StrList = Field(default_factory=list)  # imported to register workflows
 
@@ -270,6 +289,7 @@ class OneshotSettings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
     concurrency: int = Field(default=4, ge=1)
     idle_threshold: float = Field(default=60.0, gt=0)  # seconds of silence before IDLE
     secret_patterns: StrList = Field(default_factory=lambda: list(DEFAULT_SECRET_PATTERNS))

@@ -36,6 +36,8 @@ class ConnectionOptions:
     synchronous: str = "FULL"
     busy_timeout_ms: int = 5000
     schema: str | None = None
+    retry_seconds: float = 10.0
+    """How long a read or write keeps retrying a transient failure (:mod:`durable.transient`)."""
     """PostgreSQL only: the schema every connection works in (its ``search_path``)."""
 
     def __post_init__(self) -> None:
@@ -49,7 +51,8 @@ class ConnectionOptions:
     @classmethod
     def from_settings(cls, database: DatabaseSettings) -> ConnectionOptions:
         return cls(url=database.url, synchronous=database.synchronous,
-                   busy_timeout_ms=database.busy_timeout_ms, schema=database.schema_)
+                   busy_timeout_ms=database.busy_timeout_ms, schema=database.schema_,
+                   retry_seconds=database.retry_seconds)
 
     @property
     def sa_url(self) -> URL:
@@ -89,6 +92,36 @@ def driver_message(exc: BaseException) -> str:
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     text = str(orig).strip()
     return text.splitlines()[0] if text else type(orig).__name__
+
+
+_TRANSIENT_SQLSTATES = ("08", "53300", "57P", "40001", "40P01", "55P03", "57014")
+"""Connection exception, too many connections, shutting down or starting up; serialization
+failure, deadlock, lock timeout, statement timeout (the server rolled the transaction back):
+the same transaction may well succeed if tried again. A refused login or a missing database
+would not."""
+
+
+def ended_idle_in_transaction(exc: BaseException) -> bool:
+    """Whether the server ended the session because it sat idle inside its transaction
+    (``idle_in_transaction_session_timeout``, SQLSTATE 25P03, perhaps behind the "connection
+    closed" the driver reports): that transaction was rolled back, even if it failed at the
+    commit that would have ended it."""
+    error: BaseException | None = exc
+    while error is not None:
+        if str(getattr(error, "sqlstate", None) or "") == "25P03":
+            return True
+        error = error.__cause__
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed transaction is worth trying again on a fresh connection."""
+    if isinstance(exc, OSError):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return exc.connection_invalidated or sqlstate.startswith(_TRANSIENT_SQLSTATES)
 
 
 def server_problem(exc: BaseException) -> str | None:

@@ -69,7 +69,8 @@ class FencedWrites(ABC):
     @abstractmethod
     async def _heartbeat(self, worker_id: str, state: WorkerState, lease_seconds: float,
                          held: Sequence[str]) -> dict[str, tuple[str | None, int]]:
-        """Extend the leases; the current (owner, fence) of each task in ``held``."""
+        """Extend the worker's lease and those of the tasks in ``held`` it still owns; the
+        current (owner, fence) of each task in ``held``."""
 
     @abstractmethod
     async def _release(self, task_id: str, fence: int) -> None:
@@ -139,7 +140,10 @@ class FencedWrites(ABC):
         fence = self.holdings.fence(task_id)
         if fence is not None:
             self.holdings.let_go(task_id)
-            await self._release(task_id, fence)
+            try:
+                await self._release(task_id, fence)
+            finally:
+                self.holdings.forget(task_id)
 
     @contextmanager
     def _losing(self) -> Iterator[None]:

@@ -26,9 +26,11 @@ DEFAULT_LEASE_SECONDS = 30.0
 class Holdings:
     """The owner and fencing token of each task one store holds, by task id.
 
-    A task the store let go of (released, or found lost) keeps its last token in ``retired``:
-    writes for it stay fenced by that token, so they fail from the moment another worker takes
-    it over — forgetting the token would turn them into unfenced writes.
+    A task the store let go of (found lost) keeps its last token in ``retired`` until its
+    runner releases it: writes for it stay fenced by that token, so they fail from the moment
+    another worker takes it over — forgetting the token earlier would turn them into unfenced
+    writes. The release is the runner's last write, after which the token is forgotten, so a
+    long-running worker keeps no entry per task it lost.
     """
 
     def __init__(self) -> None:
@@ -42,8 +44,7 @@ class Holdings:
 
     def hold(self, record: TaskRecord) -> None:
         if record.owner is not None:
-            self._held[record.id] = (record.owner, record.fence)
-            self._retired.pop(record.id, None)
+            self.hold_fence(record.id, record.owner, record.fence)
 
     def let_go(self, task_id: str) -> None:
         """Stop holding the task (its lease was released or lost); keep its token."""
@@ -51,13 +52,17 @@ class Holdings:
         if held is not None:
             self._retired[task_id] = held[1]
 
+    def forget(self, task_id: str) -> None:
+        """Drop the task's token: nothing in this store writes for it any more."""
+        self._held.pop(task_id, None)
+        self._retired.pop(task_id, None)
+
     def after_move(self, task_id: str, to_state: TaskState, fields: Mapping[str, Any],
                    fence: int) -> None:
         """Track a committed transition: a new owner means a new token (with no owner, the
         task went back to the queue); an ended task needs no token any more."""
         if to_state.is_terminal:
-            self._held.pop(task_id, None)
-            self._retired.pop(task_id, None)
+            self.forget(task_id)
         elif "owner" in fields:
             if fields["owner"] is None:
                 self.let_go(task_id)

@@ -25,7 +25,7 @@ from durable.records import (
     WorkerStatus,
 )
 from durable.states import TaskState
-from durable.store import SpoolOffsets, is_valid_id_prefix, resolve_prefix
+from durable.store import SpoolOffsets, TaskCursor, is_valid_id_prefix, resolve_prefix
 
 
 class MemoryStore:
@@ -173,6 +173,7 @@ class MemoryStore:
         since: float | None = None,
         until: float | None = None,
         oldest_first: bool = False,
+        cursor: TaskCursor | None = None,
     ) -> list[TaskRecord]:
         rows = [
             r for r in self._tasks.values()
@@ -180,8 +181,10 @@ class MemoryStore:
             and (name is None or fnmatch.fnmatchcase((r.name or "").lower(), name.lower()))
             and (since is None or r.created_at >= since)
             and (until is None or r.created_at < until)
+            and (cursor is None or ((r.created_at, r.id) > cursor if oldest_first
+                                    else (r.created_at, r.id) < cursor))
         ]
-        rows.sort(key=lambda r: r.created_at, reverse=not oldest_first)
+        rows.sort(key=lambda r: (r.created_at, r.id), reverse=not oldest_first)
         return rows[:limit] if limit is not None else rows
 
     async def history(self, task_id: str) -> list[Transition]:
@@ -196,11 +199,12 @@ class MemoryStore:
         limit: int | None = None,
         tail: int | None = None,
         since: float | None = None,
+        before_seq: int | None = None,
     ) -> list[LogFragment]:
         rows = [
             f for f in self._logs.get(task_id, [])
             if f.seq > after_seq and (streams is None or f.stream in streams)
-            and (since is None or f.at >= since)
+            and (since is None or f.at >= since) and (before_seq is None or f.seq < before_seq)
         ]
         rows.sort(key=lambda f: f.seq)
         if tail is not None:

@@ -100,7 +100,8 @@ class PersistenceManager(SqlReads, FencedWrites):
             raise
         self._engine, self._conn = engine, conn
         self._writer = GroupCommitWriter(
-            lambda ops: apply_batch(conn, ops), max_batch=self._max_batch, max_wait=self._max_wait
+            lambda ops: apply_batch(conn, ops, self.options.retry_seconds),
+            max_batch=self._max_batch, max_wait=self._max_wait
         )
         self._writer.start()
 

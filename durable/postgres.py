@@ -20,7 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from durable import migrate
 from durable import postgres_writes as writes
-from durable.engine import ConnectionOptions, create_engine, driver_message, server_problem
+from durable.engine import (
+    ConnectionOptions,
+    create_engine,
+    driver_message,
+    ended_idle_in_transaction,
+    is_transient,
+    server_problem,
+)
 from durable.exceptions import DatabaseUnavailable, StoreError
 from durable.fenced import FencedWrites
 from durable.records import (
@@ -36,9 +43,22 @@ from durable.records import (
 from durable.sql_reads import SqlReads
 from durable.states import TaskState
 from durable.store import SpoolOffsets
+from durable.transient import retrying
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class _RolledBack(Exception):
+    """A transaction that failed over a transient error before its commit: safe to rerun."""
+
+    def __init__(self, error: DBAPIError) -> None:
+        super().__init__(driver_message(error))
+        self.error = error
+
+
+def _rolled_back(exc: BaseException) -> bool:
+    return isinstance(exc, _RolledBack)
 
 
 class PostgresStore(SqlReads, FencedWrites):
@@ -95,10 +115,33 @@ class PostgresStore(SqlReads, FencedWrites):
         Shielded from cancellation, like a write handed to SQLite's group-commit writer: once
         begun it commits (or fails) as a whole, and the connection goes back to the pool clean
         instead of being abandoned mid-protocol.
+
+        A transaction that failed *before* its commit over something transient (a lost
+        connection, a lock or statement timeout, a deadlock) certainly left nothing behind,
+        so it is run again (:mod:`durable.transient`). A failure during the commit itself is
+        not retried, since it may have committed, unless the server says it ended the session
+        for idling in the transaction (a worker paused just before its commit).
         """
         with anyio.CancelScope(shield=True), self._driver_errors():
+            try:
+                async for attempt in retrying(_rolled_back, "write", self.options.retry_seconds):
+                    with attempt:
+                        return await self._transaction(op, *args, **kwargs)
+            except _RolledBack as exc:
+                raise exc.error from None
+        raise AssertionError("tenacity stopped without an outcome")
+
+    async def _transaction(self, op: Callable[Concatenate[AsyncConnection, P], Awaitable[T]],
+                           *args: P.args, **kwargs: P.kwargs) -> T:
+        committing = False
+        try:
             async with self.engine.begin() as conn:
                 outcome = await op(conn, *args, **kwargs)
+                committing = True
+        except DBAPIError as exc:
+            if not is_transient(exc) or (committing and not ended_idle_in_transaction(exc)):
+                raise
+            raise _RolledBack(exc) from exc
         return outcome
 
     # -- writes: each returns after its commit -------------------------------------------

@@ -158,13 +158,13 @@ async def heartbeat(conn: AsyncConnection, worker_id: str, state: str, lease_sec
     expires = now + lease_seconds
     await conn.execute(update(workers).where(workers.c.id == worker_id)
                        .values(heartbeat_at=now, lease_expires_at=expires, state=state))
-    await conn.execute(
-        update(tasks)
-        .where(tasks.c.owner == worker_id,
-               tasks.c.state.not_in([s.value for s in TERMINAL_STATES]))
-        .values(lease_expires_at=expires))
     if not held:
         return {}
+    await conn.execute(
+        update(tasks)
+        .where(tasks.c.owner == worker_id, tasks.c.id.in_(list(held)),
+               tasks.c.state.not_in([s.value for s in TERMINAL_STATES]))
+        .values(lease_expires_at=expires))
     rows = await conn.execute(select(tasks.c.id, tasks.c.owner, tasks.c.fence)
                               .where(tasks.c.id.in_(list(held))))
     return {row.id: (row.owner, row.fence) for row in rows}

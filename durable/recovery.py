@@ -21,6 +21,11 @@ from durable.store import Store
 LIVE_OWNERS: set[str] = set()
 """Owner ids of the orchestrators open in this process."""
 
+FOLLOWED_TASKS: set[str] = set()
+"""Ids of the tasks an orchestrator of this process is running or following right now: never
+orphans here, even when a heartbeat is late. A task this process let go of (its writes failed,
+say) is not in it, and is recovered like any other once its lease has passed."""
+
 
 def owner_is_gone(owner: str) -> bool:
     host, _, rest = owner.partition(":")
@@ -72,7 +77,7 @@ async def find_orphans(store: Store) -> Orphans:
     for ref in await store.unfinished_tasks():
         if ref.owner is None and ref.state == TaskState.CREATED.value:
             continue  # queued: a worker claims it
-        if ref.owner in LIVE_OWNERS:
+        if ref.id in FOLLOWED_TASKS:
             continue  # run by this very process: alive, even if its heartbeat is late
         if ref.owner is not None:
             if ref.owner not in gone:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+import anyio
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -67,17 +68,20 @@ class PostgresRetention:
         return await self.store._write(_locked_chunk, op)
 
     async def read(self, fn: Callable[[Query], T]) -> T:
-        with self.store._driver_errors():
+        # Shielded like every query of the store (see SqlReads._fetch).
+        with anyio.CancelScope(shield=True), self.store._driver_errors():
             async with self.store.engine.connect() as conn:
-                return await conn.run_sync(lambda c: fn(connection_query(c)))
+                found = await conn.run_sync(lambda c: fn(connection_query(c)))
+        return found
 
     async def snapshot(self, fn: Callable[[Query], T]) -> T:
-        with self.store._driver_errors():
+        with anyio.CancelScope(shield=True), self.store._driver_errors():
             async with self.store.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ",
                                                     postgresql_readonly=True)
                 async with conn.begin():
-                    return await conn.run_sync(lambda c: fn(connection_query(c)))
+                    found = await conn.run_sync(lambda c: fn(connection_query(c)))
+        return found
 
     async def release_space(self) -> Space:
         return Space("autovacuum")

@@ -12,9 +12,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+import anyio
+from sqlalchemy import ColumnElement, and_, asc, desc, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from durable.engine import ConnectionOptions, is_transient
 from durable.exceptions import StoreError, TaskNotFound
 from durable.records import (
     LogFragment,
@@ -43,7 +45,14 @@ from durable.schema import (
     workers,
 )
 from durable.states import TERMINAL_STATES, TaskState
-from durable.store import TASK_ID_LENGTH, glob_to_like, is_valid_id_prefix, resolve_prefix
+from durable.store import (
+    TASK_ID_LENGTH,
+    TaskCursor,
+    glob_to_like,
+    is_valid_id_prefix,
+    resolve_prefix,
+)
+from durable.transient import retrying
 
 IN_LIST_CHUNK = 500
 """Ids per ``IN (...)`` list: well under SQLite's bound-parameter limit (and PostgreSQL's)."""
@@ -53,6 +62,7 @@ class SqlReads:
     """The read methods of :class:`durable.store.Store`; a subclass opens ``_engine``."""
 
     _engine: AsyncEngine | None = None
+    options: ConnectionOptions
 
     @property
     def engine(self) -> AsyncEngine:
@@ -66,10 +76,16 @@ class SqlReads:
         return nullcontext()
 
     async def _fetch(self, statement: Any) -> list[Mapping[str, Any]]:
-        with self._driver_errors():
-            async with self.engine.connect() as conn:
-                result = await conn.execute(statement)
-                return [dict(row) for row in result.mappings()]
+        # Shielded: a query cancelled halfway leaves the driver's connection mid-protocol, and
+        # the pool may hand it to the next write ("another operation is in progress"); a read
+        # is short, so the cancellation simply takes effect once it returns.
+        with anyio.CancelScope(shield=True), self._driver_errors():
+            async for attempt in retrying(is_transient, "read", self.options.retry_seconds):
+                with attempt:
+                    async with self.engine.connect() as conn:
+                        result = await conn.execute(statement)
+                        rows: list[Mapping[str, Any]] = [dict(r) for r in result.mappings()]
+        return rows
 
     def _name_matches(self, pattern: str) -> ColumnElement[bool]:
         """``tasks.name`` matches the glob ``pattern``, ignoring case as SQLite's LIKE does.
@@ -99,9 +115,12 @@ class SqlReads:
         since: float | None = None,
         until: float | None = None,
         oldest_first: bool = False,
+        cursor: TaskCursor | None = None,
     ) -> list[TaskRecord]:
-        order = tasks.c.created_at.asc() if oldest_first else tasks.c.created_at.desc()
-        statement = select(tasks).order_by(order)
+        direction = asc if oldest_first else desc
+        statement = select(tasks).order_by(direction(tasks.c.created_at), direction(tasks.c.id))
+        if cursor is not None:
+            statement = statement.where(_after_cursor(cursor, oldest_first))
         if states is not None:
             statement = statement.where(tasks.c.state.in_([s.value for s in states]))
         if name is not None:
@@ -131,8 +150,11 @@ class SqlReads:
         limit: int | None = None,
         tail: int | None = None,
         since: float | None = None,
+        before_seq: int | None = None,
     ) -> list[LogFragment]:
         statement = select(log_fragments).where(log_fragments.c.task_id == task_id)
+        if before_seq is not None:
+            statement = statement.where(log_fragments.c.seq < before_seq)
         if streams is not None:
             statement = statement.where(log_fragments.c.stream.in_([int(s) for s in streams]))
         if since is not None:
@@ -204,6 +226,17 @@ class SqlReads:
             .order_by(step_checkpoints.c.seq)
         )
         return [step_from_row(row) for row in await self._fetch(statement)]
+
+
+def _after_cursor(cursor: TaskCursor, oldest_first: bool) -> ColumnElement[bool]:
+    """Tasks after ``cursor`` in the listing order. The plain bound on ``created_at`` keeps
+    the ``created_at`` indexes usable; the id breaks ties between equal times."""
+    created_at, task_id = cursor
+    if oldest_first:
+        return and_(tasks.c.created_at >= created_at,
+                    or_(tasks.c.created_at > created_at, tasks.c.id > task_id))
+    return and_(tasks.c.created_at <= created_at,
+                or_(tasks.c.created_at < created_at, tasks.c.id < task_id))
 
 
 def _task_ref(row: Mapping[str, Any]) -> TaskRef:

@@ -30,6 +30,7 @@ from durable.records import (
 from durable.rows import HANDLE_COLUMNS, TASK_COLUMNS, WORKER_COLUMNS, encode_argv, task_from_row
 from durable.states import TERMINAL_STATES, TaskState
 from durable.store import SpoolOffsets
+from durable.transient import retrying_in_thread
 
 _INSERT_TASK = (
     "INSERT INTO tasks (id, name, kind, argv, cwd, workflow, input, queue, state, created_at,"
@@ -65,7 +66,8 @@ _SAVE_WORKER = (
 _HEARTBEAT_WORKER = (
     "UPDATE workers SET heartbeat_at = ?, lease_expires_at = ?, state = ? WHERE id = ?"
 )
-_EXTEND_LEASES = f"UPDATE tasks SET lease_expires_at = ? WHERE owner = ? AND {_UNFINISHED}"
+_EXTEND_LEASES = (
+    f"UPDATE tasks SET lease_expires_at = ? WHERE owner = ? AND {_UNFINISHED} AND id IN ")
 
 
 @cache
@@ -226,18 +228,18 @@ class Heartbeat:
     held: Sequence[str]
 
     def apply(self, cur: sqlite3.Cursor) -> dict[str, tuple[str | None, int]]:
-        """Push the worker's lease and those of its unfinished tasks; the (owner, fence) of
-        each task in ``held``."""
+        """Push the worker's lease and those of the unfinished tasks it still holds; the
+        (owner, fence) of each task in ``held``."""
         now = time.time()
         expires = now + self.lease_seconds
         cur.execute(_HEARTBEAT_WORKER, (now, expires, self.state, self.worker_id))
-        cur.execute(_EXTEND_LEASES, (expires, self.worker_id))
         found: dict[str, tuple[str | None, int]] = {}
         for start in range(0, len(self.held), 500):
             ids = self.held[start:start + 500]
-            marks = ", ".join("?" for _ in ids)
+            marks = f"({', '.join('?' for _ in ids)})"
+            cur.execute(_EXTEND_LEASES + marks, (expires, self.worker_id, *ids))
             for task_id, owner, fence in cur.execute(
-                    f"SELECT id, owner, fence FROM tasks WHERE id IN ({marks})", ids):
+                    f"SELECT id, owner, fence FROM tasks WHERE id IN {marks}", ids):
                 found[task_id] = (owner, fence)
         return found
 
@@ -293,12 +295,34 @@ WriteOp = (CreateTask | MoveTask | AppendLogs | ClaimTasks | SaveStep | SaveProc
            | FailCorrupt | SaveWorker | Heartbeat | ReleaseLease)
 
 
-def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:
+_TRANSIENT_ERRORS = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR")
+"""Another process holding the lock past ``busy_timeout``, a full disk (or ``max_page_count``
+reached), an I/O error: the batch was rolled back whole and may well commit later."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    return isinstance(cause, sqlite3.Error) and getattr(
+        cause, "sqlite_errorname", "").startswith(_TRANSIENT_ERRORS)
+
+
+def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp],
+                retry_seconds: float = 0.0) -> list[Any]:
     """Run ``ops`` in one transaction and commit once; one outcome per op.
 
     With more than one op, each runs inside a savepoint so a failing op (a guarded update that
     found another state, a constraint violation) is undone alone and the others still commit.
+    A batch that failed as a whole over something transient left nothing behind (it was
+    rolled back) and is run again for up to ``retry_seconds``; meanwhile new writes queue up
+    behind it.
     """
+    for attempt in retrying_in_thread(is_transient, "write", retry_seconds):
+        with attempt:
+            return _apply_once(conn, ops)
+    raise AssertionError("tenacity stopped without an outcome")
+
+
+def _apply_once(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:
     cur = conn.cursor()
     outcomes: list[Any] = []
     single = len(ops) == 1

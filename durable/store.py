@@ -38,6 +38,9 @@ from durable.states import TaskState
 SpoolOffsets = tuple[str, int, int]
 """(task id, stdout offset, stderr offset)."""
 
+TaskCursor = tuple[float, str]
+"""A position in a task listing: the (created_at, id) of the last task of a page."""
+
 
 class Store(Protocol):
     async def open(self) -> None:
@@ -90,13 +93,15 @@ class Store(Protocol):
 
     async def heartbeat(self, worker_id: str, *, state: WorkerState = "active",
                         lease_seconds: float = DEFAULT_LEASE_SECONDS) -> set[str]:
-        """Push the leases of the worker and of every unfinished task it owns to now +
-        ``lease_seconds``; return the tasks this store held that it no longer owns (taken
-        over after its lease expired): it must stop touching them."""
+        """Push the leases of the worker and of every unfinished task it owns and this store
+        still holds (a task it let go of is left to expire) to now + ``lease_seconds``; return
+        the tasks this store held that it no longer owns (taken over after its lease
+        expired): it must stop touching them."""
 
     async def release_lease(self, task_id: str) -> None:
         """Give up a held task without ending it: no owner, its lease expired, a new fencing
-        token; any worker may take it over at once, and this store writes nothing more for it."""
+        token; any worker may take it over at once. It is the last write this store makes for
+        the task: the store forgets its token."""
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[WorkerStatus]:
         """Workers by last heartbeat, newest first, with the counts of tasks they own;
@@ -114,9 +119,15 @@ class Store(Protocol):
         since: float | None = None,
         until: float | None = None,
         oldest_first: bool = False,
+        cursor: TaskCursor | None = None,
     ) -> list[TaskRecord]:
         """Tasks by creation time, newest first (or oldest first), optionally only those in
-        ``states``, whose name matches the glob ``name``, created in ``[since, until)``."""
+        ``states``, whose name matches the glob ``name``, created in ``[since, until)``.
+
+        Tasks created at the same time are ordered by id, so ``cursor`` — the (created_at, id)
+        of the last task of a previous page — pages through them without skipping or
+        repeating one: only tasks after it in this order are listed.
+        """
 
     async def history(self, task_id: str) -> list[Transition]:
         """Every transition of one task in the order they were committed."""
@@ -130,9 +141,11 @@ class Store(Protocol):
         limit: int | None = None,
         tail: int | None = None,
         since: float | None = None,
+        before_seq: int | None = None,
     ) -> list[LogFragment]:
         """Fragments in ``seq`` order: those after ``after_seq`` (at most ``limit``), or the
-        last ``tail`` ones; only those stored at or after ``since`` if given."""
+        last ``tail`` ones; only those stored at or after ``since`` and, with ``before_seq``,
+        those below it (so ``tail`` with ``before_seq`` pages backwards)."""
 
     async def log_size(self, task_id: str) -> tuple[int, int]:
         """(number of fragments, total bytes) stored for one task."""

@@ -49,13 +49,12 @@ async def cancel_task(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord
     if record.kind == TaskKind.WORKFLOW:
         raise CannotCancel(record.id, "stopping a running workflow from another process is not "
                                       "supported; stop the process that runs it")
-    handle = await orch.store.get_process(record.id)
-    if handle is not None:
-        child = ShimProcess.attach(Path(handle.run_dir), (0, 0))
-        if child is not None:
-            child.stop()
     deadline = time.monotonic() + RunOptions.from_json(record.options).grace + SETTLE_SLACK
+    stopping = False
     while time.monotonic() < deadline:
+        # The process handle is saved just after the RUNNING commit: a cancel landing in
+        # between finds it on a later round.
+        stopping = stopping or await _stop_shim(orch, record.id)
         current = await orch.store.get_task(record.id)
         if current.state.is_terminal:
             return current
@@ -63,6 +62,17 @@ async def cancel_task(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord
             continue
         await anyio.sleep(POLL)
     raise CannotCancel(record.id, "it did not stop in time")
+
+
+async def _stop_shim(orch: AsyncOrchestrator, task_id: str) -> bool:
+    """Ask the task's shim to stop its command; False while its process is not recorded."""
+    handle = await orch.store.get_process(task_id)
+    if handle is None:
+        return False
+    child = ShimProcess.attach(Path(handle.run_dir), (0, 0))
+    if child is not None:
+        child.stop()
+    return True
 
 
 async def _settled_by_recovery(orch: AsyncOrchestrator, record: TaskRecord) -> bool:

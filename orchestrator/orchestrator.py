@@ -24,10 +24,16 @@ from anyio.abc import TaskGroup
 from config import OneshotSettings, load_settings
 from durable.context import current_runtime, default_retry_policy
 from durable.engine import ConnectionOptions
-from durable.exceptions import LeaseLost, StoreError, WorkflowFailed, WorkflowNotRegistered
+from durable.exceptions import (
+    LeaseLost,
+    OneshotError,
+    StoreError,
+    WorkflowFailed,
+    WorkflowNotRegistered,
+)
 from durable.persistence import store_from_settings
 from durable.records import LogFragment, NewTask, Stream, TaskKind, TaskRecord, WorkerState
-from durable.recovery import LIVE_OWNERS
+from durable.recovery import FOLLOWED_TASKS, LIVE_OWNERS
 from durable.retry import RetryPolicy
 from durable.serialization import load
 from durable.states import TaskState
@@ -269,6 +275,7 @@ class AsyncOrchestrator:
                 self.store, record, options=self.capture_options, env=env, tee=tee,
                 worker=self.worker_id, reattach=reattach, holds_lease=self.holds_leases))
         self._handles[record.id] = handle
+        FOLLOWED_TASKS.add(record.id)
         # A reattached command is already running: following it takes no capacity.
         limiter = self.limiter if reattach is None else contextlib.nullcontext()
         self._group.start_soon(self._run_task, handle, limiter, name=f"task {record.id}")
@@ -285,12 +292,23 @@ class AsyncOrchestrator:
                         handle._result = await runner.run()
             except* LeaseLost:
                 runner.let_go = LetGo.LEASE_LOST  # a fenced write found another owner
+            except* Exception as failed:
+                # The database refused a write past the store's retries (or following the task
+                # hit a bug): one task's trouble must not bring down the others. Nothing is
+                # stopped: the process keeps running into its spool, and the task is recovered
+                # (here or by another worker) from what was committed once its lease passed.
+                errors = failed.exceptions
+                logger.error("task %s: %s: %s", handle.id, LetGo.FAILED_HERE.value,
+                             "; ".join(str(exc) for exc in errors),
+                             exc_info=not all(isinstance(e, OneshotError) for e in errors))
+                runner.let_go = LetGo.FAILED_HERE
             if handle._result is None:  # cancelled or let go, perhaps before it could start
                 with anyio.CancelScope(shield=True):
                     handle._result = await self._settle(handle.id, runner)
         finally:
             handle._done.set()
             del self._handles[handle.id]
+            FOLLOWED_TASKS.discard(handle.id)
             self._task_ended.set()
             self._task_ended = anyio.Event()
 
@@ -301,8 +319,12 @@ class AsyncOrchestrator:
             logger.warning("task %s: %s; this worker stops following it", task_id,
                            runner.let_go.value)
         # Fenced: a no-op if another worker took the task over, else it goes to whoever takes
-        # it next (never left owned by a worker that no longer follows it).
-        await self.store.release_lease(task_id)
+        # it next (never left owned by a worker that no longer follows it). If even this
+        # fails, the lease, no longer extended, passes within a lease period.
+        try:
+            await self.store.release_lease(task_id)
+        except StoreError as exc:
+            logger.warning("task %s: could not release its lease: %s", task_id, exc)
         return TaskResult(task_id, runner.machine.state, None, runner.let_go.value)
 
     async def wait_for_task_end(self) -> None:
@@ -327,9 +349,9 @@ class AsyncOrchestrator:
             try:
                 lost = await self.store.heartbeat(self.worker_id, state=self.worker_state,
                                                   lease_seconds=self.lease_seconds)
-            except StoreError as exc:
+            except Exception as exc:  # a heartbeat loop that died would lose every lease
                 logger.warning("heartbeat failed (leases expire in at most %.0f s): %s",
-                               self.lease_seconds, exc)
+                               self.lease_seconds, exc, exc_info=not isinstance(exc, StoreError))
                 continue
             self._leases_confirmed_at = started
             for task_id in lost:

@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,8 +243,13 @@ async def spawn(
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
     limits: Limits = Limits(),
+    check_lease: Callable[[], None] = lambda: None,
 ) -> ShimProcess:
-    """Start ``argv`` (no shell) under a new shim; raise CommandNotFound if it cannot start."""
+    """Start ``argv`` (no shell) under a new shim; raise CommandNotFound if it cannot start.
+
+    ``check_lease`` is called right before each step that would disturb the launch of a
+    worker that took the task over meanwhile (clearing the run directory, starting the shim);
+    it raises to abandon the launch."""
     if not argv:
         raise CommandNotFound("", "empty command")
     program = argv[0]
@@ -255,11 +260,13 @@ async def spawn(
         raise CommandNotFound(program, "working directory not found")
     spec = {"schema": 1, "attempt_id": attempt_id, "argv": argv, "cwd": cwd,
             "env": dict(env) if env is not None else None, **limits.as_spec()}
+    check_lease()
     await anyio.to_thread.run_sync(_prepare_run_dir, run_dir, spec)
     read_fd, write_fd = os.pipe()
     launcher: subprocess.Popen[bytes] | None = None
     try:
         with open(run_dir / "shim.err", "wb") as shim_err:
+            check_lease()
             launcher = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(SHIM_PATH), str(run_dir), str(write_fd)],
                 pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

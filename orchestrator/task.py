@@ -59,6 +59,7 @@ class LetGo(StrEnum):
 
     LEASE_LOST = "lease lost: another worker took (or may take) the task over"
     HAND_OVER = "handed over by a draining worker"
+    FAILED_HERE = "following it failed; it is recovered once its lease passes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +131,14 @@ class OneshotTask:
             if last:
                 self.capture = self._new_capture(last[0].seq + 1, (0, 0))
         run_dir = run_dir_for(self.options.spool_dir, self.id, self.record.attempt)
-        if not self.holds_lease():
-            # Paused past the lease between the RUNNING commit and here (SIGSTOP, a stall):
-            # another worker may already run the task; starting it too would run it twice.
-            raise LeaseLost(self.id)
         # Shielded: a cancel arriving mid-launch must not leave a started shim unrecorded and
         # unstopped; it is delivered in follow(), which stops the command it then knows about.
         with anyio.CancelScope(shield=True):
             try:
                 child = await spawn(list(self.record.argv or []), run_dir=run_dir,
                                     attempt_id=uuid.uuid4().hex, cwd=self.record.cwd,
-                                    env=self.env, limits=self.run_options.limits)
+                                    env=self.env, limits=self.run_options.limits,
+                                    check_lease=self._check_lease)
             except CommandNotFound as exc:
                 await self.machine.transition(
                     TaskState.FAILED, str(exc), error=str(exc), finished_at=time.time()
@@ -148,6 +146,13 @@ class OneshotTask:
                 return TaskResult(self.id, TaskState.FAILED, None, str(exc))
             await self.store.save_process(child.handle(self.id, self.record.attempt))
         return await self.follow(child)
+
+    def _check_lease(self) -> None:
+        """Raise LeaseLost if this worker was paused past its lease since the RUNNING commit
+        (SIGSTOP, a stall): another worker may already run the task, and starting it here too
+        would run it twice, or clear the run directory under the other worker's shim."""
+        if not self.holds_lease():
+            raise LeaseLost(self.id)
 
     async def reattach(self, child: ShimProcess, next_seq: int, reason: str) -> TaskResult:
         """Resume a RECOVERING task whose shim is alive (or finished while we were down)."""

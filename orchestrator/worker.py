@@ -74,8 +74,9 @@ async def run_worker(orch: AsyncOrchestrator, stop: anyio.Event,
                     records = await orch.store.claim(
                         worker=orch.worker_id, queues=options.queues, limit=free,
                         lease_seconds=orch.lease_seconds)
-                except OneshotError as exc:  # a lock timeout, the server restarting, ...
-                    logger.warning("claim failed, retrying: %s", exc)
+                except Exception as exc:  # the server restarting, ...: never stop the worker
+                    logger.warning("claim failed, retrying: %s", exc,
+                                   exc_info=not isinstance(exc, OneshotError))
                     records = []
                 for task in records:
                     orch.start_task(task)
@@ -130,6 +131,7 @@ async def _every(job: PeriodicJob, stop: anyio.Event) -> None:
             return
         try:
             await job.run()
-        except* OneshotError as failed:  # raised alone or from the job's task group
+        except* Exception as failed:  # raised alone or from the job's task group
             logger.warning("%s failed, retrying in %.0f s: %s", job.name, job.interval,
-                           "; ".join(str(exc) for exc in failed.exceptions))
+                           "; ".join(str(exc) for exc in failed.exceptions),
+                           exc_info=not all(isinstance(e, OneshotError) for e in failed.exceptions))

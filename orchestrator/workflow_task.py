@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from durable.context import WorkflowContext, current_workflow
-from durable.exceptions import OneshotError, SerializationError
+from durable.exceptions import OneshotError, SerializationError, StoreError
 from durable.records import TaskRecord
 from durable.retry import RetryPolicy
 from durable.serialization import dump, dump_error, error_summary
@@ -61,6 +61,8 @@ class WorkflowTask:
             raise
         except SerializationError as exc:
             return await self._fail(str(exc), dump_error(exc))
+        except StoreError:
+            raise  # the database failed, not the workflow: it resumes from its checkpoints
         except Exception as exc:
             return await self._fail(f"{type(exc).__name__}: {exc}", dump_error(exc))
         finally:

@@ -188,12 +188,20 @@ def _workflow_task(workflow: str, input_json: str, name: str | None, queue: str)
 
 
 TIMED_OUT = 124
+LET_GO = 75
+"""EX_TEMPFAIL: this process stopped following a task that goes on (its writes kept failing,
+or another worker took it over); `oneshot recover` or any worker carries it on."""
 """`run`'s exit code when the shim stopped the command for a timeout (as GNU timeout)."""
 
 
 def _run_exit_code(result: TaskResult, received: list[int]) -> int:
     if result.state is TaskState.INTERRUPTED and received:
         return 128 + received[0]
+    if not result.state.is_terminal:
+        err_console.print(f"oneshot: task {result.id}: {result.error}; its command keeps "
+                          "running and `oneshot recover` (or any worker) carries it on",
+                          highlight=False, markup=False)
+        return LET_GO
     if result.exit_code is not None and result.error and "timeout" in result.error:
         return TIMED_OUT
     if result.exit_code is None and result.error:

@@ -168,11 +168,8 @@ def test_three_workers_share_the_queue_through_a_kill_and_a_pause(fleet: Fleet,
     """All tasks complete exactly once through a SIGKILL (both engines) and a SIGSTOP past
     the lease (PostgreSQL); the paused worker writes nothing for what was taken from it."""
     # On SQLite a worker paused in the middle of a commit holds the database's one write lock:
-    # every other writer waits until it resumes, leases or not. Pausing is a PostgreSQL case,
-    # and the paused worker still sometimes dies on the final SIGTERM (exit -15, see issue 6's
-    # note), so that phase runs only on request.
-    pausing = (fleet.database.kind == "postgres"
-               and os.environ.get("ONESHOT_TEST_FLEET_PAUSE") == "1")
+    # every other writer waits until it resumes, leases or not. Pausing is a PostgreSQL case.
+    pausing = fleet.database.kind == "postgres"
     effects = tmp_path / "effects"
     killed, paused, steady = (fleet.start_worker() for _ in range(3))
     fleet.wait("three workers", lambda: len(worker_ids(fleet)) == 3)
@@ -233,5 +230,6 @@ def test_three_workers_share_the_queue_through_a_kill_and_a_pause(fleet: Fleet,
             later = history[index + 1:]
             retaken = next((i for i, row in enumerate(later)
                             if row.to_state is TaskState.RECOVERING), len(later))
-            assert all(row.worker != paused_id for row in later[:retaken]), history
+            assert all(row.worker != paused_id for row in later[:retaken]), [
+                (row.worker, row.to_state.value, row.reason, row.at) for row in history]
     assert taken_from_paused > 0 or not pausing, fleet.log(1)

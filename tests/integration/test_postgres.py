@@ -6,6 +6,7 @@ errors for a server that cannot be used, and the `oneshot db` commands on a serv
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import uuid
@@ -19,15 +20,19 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from durable import migrate
-from durable.engine import ConnectionOptions
+from durable.engine import LOCK_TIMEOUT_MS, ConnectionOptions
 from durable.exceptions import DatabaseUnavailable, StoreError
 from durable.postgres import PostgresStore
+from durable.records import NewTask, TaskKind
+from durable.states import TaskState
 from tests.support import oneshot_script
 
 if TYPE_CHECKING:
     from tests.conftest import PgSchema
 
 pytestmark = pytest.mark.postgres
+
+LOCK_TIMEOUT_SECONDS = LOCK_TIMEOUT_MS / 1000
 
 
 async def admin(url: str, *statements: str) -> list[Any]:
@@ -172,3 +177,65 @@ def test_db_upgrade_and_check_work_in_the_configured_schema(pg_schema: PgSchema)
                                             f"WHERE table_schema = '{pg_schema.name}' "
                                             "AND table_name = 'workers'"))
     assert rows == [(1,)]
+
+
+def test_a_write_that_meets_a_lock_timeout_is_retried_until_it_commits(
+        pg_schema: PgSchema, caplog: pytest.LogCaptureFixture) -> None:
+    """Another session holds the task's row past the store's lock_timeout: the transition is
+    rolled back by the server, run again, and commits once the row is free."""
+    task = NewTask(id=uuid.uuid4().hex, kind=TaskKind.COMMAND, name="locked", argv=["true"],
+                   cwd="/")
+
+    async def hold_row(locked: asyncio.Event, seconds: float) -> None:
+        engine = pg_schema.create_engine(poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(text("SELECT id FROM tasks WHERE id = :id FOR UPDATE"),
+                                   {"id": task.id})
+                locked.set()
+                await asyncio.sleep(seconds)
+        finally:
+            await engine.dispose()
+
+    async def body() -> None:
+        async with store_in(pg_schema) as store:
+            await store.create_task(task)
+            locked = asyncio.Event()
+            holder = asyncio.create_task(hold_row(locked, LOCK_TIMEOUT_SECONDS + 1))
+            await locked.wait()
+            await store.transition(task.id, TaskState.CREATED, TaskState.INTERRUPTED,
+                                   reason="after the lock")
+            await holder
+            assert (await store.get_task(task.id)).state is TaskState.INTERRUPTED
+            assert [row.to_state for row in await store.history(task.id)] == [
+                TaskState.CREATED, TaskState.INTERRUPTED]
+
+    with caplog.at_level(logging.WARNING, logger="durable.transient"):
+        asyncio.run(body())
+    assert any("lock timeout" in record.getMessage() for record in caplog.records), caplog.text
+
+
+def test_reads_and_writes_on_a_connection_the_server_closed_are_run_again(
+        pg_schema: PgSchema, caplog: pytest.LogCaptureFixture) -> None:
+    """The server terminates the store's pooled connection (a restart, a failover, an idle
+    timeout): the next read and write fail on it and are run again on a fresh one."""
+    async def terminate_pooled_connection(store: PostgresStore) -> None:
+        async with store.engine.connect() as conn:  # the one connection a sequential user pools
+            pid = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        await admin(pg_schema.url, f"SELECT pg_terminate_backend({int(pid)})")
+
+    async def body() -> None:
+        async with store_in(pg_schema) as store:
+            first = NewTask(id=uuid.uuid4().hex, kind=TaskKind.COMMAND, argv=["true"], cwd="/")
+            await store.create_task(first)
+            await terminate_pooled_connection(store)
+            assert [t.id for t in await store.list_tasks()] == [first.id]
+            await terminate_pooled_connection(store)
+            await store.transition(first.id, TaskState.CREATED, TaskState.INTERRUPTED)
+            assert (await store.get_task(first.id)).state is TaskState.INTERRUPTED
+
+    with caplog.at_level(logging.WARNING, logger="durable.transient"):
+        asyncio.run(body())
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("database read failed") for m in messages), messages
+    assert any(m.startswith("database write failed") for m in messages), messages

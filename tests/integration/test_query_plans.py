@@ -77,6 +77,9 @@ QUERIES: dict[str, Callable[[PersistenceManager, str], Awaitable[object]]] = {
     "ls": lambda s, _: s.list_tasks(limit=50),
     "ls --state RUNNING": lambda s, _: s.list_tasks(states=[TaskState.RUNNING], limit=50),
     "ls --since": lambda s, _: s.list_tasks(since=time.time() - 60, limit=50),
+    "ls: next page": lambda s, t: s.list_tasks(cursor=(time.time() - 1, t), limit=50),
+    "ls --state RUNNING: next page": lambda s, t: s.list_tasks(
+        states=[TaskState.RUNNING], cursor=(time.time() - 1, t), limit=50),
     "show (full id)": lambda s, t: s.get_task(t),
     "show (id prefix)": lambda s, t: s.get_task(t[:10]),
     "show: history": lambda s, t: s.history(t),
@@ -86,6 +89,7 @@ QUERIES: dict[str, Callable[[PersistenceManager, str], Awaitable[object]]] = {
     "logs --stream stderr --tail": lambda s, t: s.read_logs(t, streams=[Stream.STDERR], tail=10),
     "logs (pages)": lambda s, t: s.read_logs(t, after_seq=1, limit=32),
     "logs --since": lambda s, t: s.read_logs(t, after_seq=-1, limit=32, since=0.0),
+    "logs: page before a seq": lambda s, t: s.read_logs(t, tail=32, before_seq=3),
     "recover: process handle": lambda s, t: s.get_process(t),
 }
 

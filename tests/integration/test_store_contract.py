@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -239,6 +240,38 @@ def test_list_tasks_newest_first_with_state_filter_and_limit(
     run(store, body)
 
 
+def test_list_tasks_cursor_pages_through_tasks_created_at_the_same_time(
+    store: Store, run: Run, new_task: NewTaskFactory
+) -> None:
+    """Paging by (created_at, id) cursor lists every task once, in both orders, even when
+    several tasks share a creation time."""
+    tasks = [new_task(name=f"t{i}") for i in range(7)]
+
+    async def body(store: Store) -> None:
+        for i, task in enumerate(tasks):  # three pairs created at the same instant
+            with mock.patch.object(time, "time", lambda i=i: 1_700_000_000.0 + i // 2):
+                await store.create_task(task)
+
+        async def pages(size: int, oldest_first: bool) -> list[list[str | None]]:
+            found: list[list[str | None]] = []
+            cursor = None
+            while page := await store.list_tasks(limit=size, cursor=cursor,
+                                                 oldest_first=oldest_first):
+                found.append([r.name for r in page])
+                cursor = (page[-1].created_at, page[-1].id)
+            return found
+
+        newest = [r.name for r in await store.list_tasks()]
+        assert sorted(newest) == sorted(t.name for t in tasks)
+        assert [name for page in await pages(2, False) for name in page] == newest
+        assert [name for page in await pages(3, True) for name in page] == newest[::-1]
+        assert [len(page) for page in await pages(3, False)] == [3, 3, 1]
+        last = (await store.list_tasks())[-1]
+        assert await store.list_tasks(cursor=(last.created_at, last.id)) == []
+
+    run(store, body)
+
+
 def test_history_lists_transitions_in_commit_order(
     store: Store, run: Run, new_task: NewTaskFactory
 ) -> None:
@@ -292,6 +325,29 @@ def test_read_logs_filters_by_stream_after_seq_limit_and_tail(
         assert seqs(await store.read_logs(task.id, tail=100)) == [0, 1, 2, 3, 4, 5]
         assert await store.read_logs(task.id, after_seq=5) == []
         assert await store.read_logs("0" * 32) == []
+
+    run(store, body)
+
+
+def test_read_logs_before_seq_pages_backwards(
+    store: Store, run: Run, new_task: NewTaskFactory
+) -> None:
+    """before_seq keeps fragments below it: with tail, the page before it, in seq order."""
+    task = new_task()
+    streams = [OUT, ERR, OUT, OUT, ERR, OUT]
+
+    async def body(store: Store) -> None:
+        await store.create_task(task)
+        await store.append_logs([fragment(task.id, i, b"x", s) for i, s in enumerate(streams)])
+
+        async def seqs(**query: Any) -> list[int]:
+            return [f.seq for f in await store.read_logs(task.id, **query)]
+
+        assert await seqs(tail=2, before_seq=4) == [2, 3]
+        assert await seqs(tail=10, before_seq=2) == [0, 1]
+        assert await seqs(tail=2, before_seq=0) == []
+        assert await seqs(streams=[ERR], tail=5, before_seq=4) == [1]
+        assert await seqs(after_seq=0, before_seq=3) == [1, 2]
 
     run(store, body)
 

@@ -115,6 +115,32 @@ def test_a_task_taken_over_by_another_worker_is_let_go_with_its_process_running(
     assert next_one.state is TaskState.COMPLETED
 
 
+def test_a_worker_stalled_past_its_lease_before_the_launch_starts_nothing(
+        database: Database, tmp_path: Any) -> None:
+    """Between the RUNNING commit and the launch, the orchestrator's leases are no longer
+    sure (it stalled past most of a lease: a SIGSTOP, a starved CPU; stood in for here by
+    backdating its last confirmed heartbeat). It launches nothing and releases the task, which
+    a takeover then runs once."""
+    marks = tmp_path / "marks"
+
+    async def body(orch: AsyncOrchestrator) -> Any:
+        orch._leases_confirmed_at = time.time() - orch.lease_seconds
+        handle = await orch.submit(["sh", "-c", f"echo ran >> {marks}"])
+        outcome = await handle.outcome()
+        released = await orch.store.get_task(handle.id)
+        ran_before = marks.exists()
+        orch._leases_confirmed_at = time.time()
+        [taken_over] = await orch.recover()
+        return outcome, released, ran_before, await taken_over.outcome()
+
+    outcome, released, ran_before, final = orchestrate(settings_for(database), body)
+    assert (outcome.state, outcome.error) == (TaskState.RUNNING, LetGo.LEASE_LOST.value)
+    assert (released.state, released.owner) == (TaskState.RUNNING, None)
+    assert not ran_before
+    assert final.state is TaskState.COMPLETED
+    assert marks.read_text() == "ran\n"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
