@@ -6,10 +6,10 @@ otherwise 0 on success, 1 for a missing task, a failed check or a database probl
 usage or configuration.
 """
 
-from orchestrator.cli import admin, backup, prune, query, run, workers
+from orchestrator.cli import admin, backup, prune, query, run, ui, workers
 from orchestrator.cli.app import cli
 
-__all__ = ["admin", "backup", "cli", "main", "prune", "query", "run", "workers"]
+__all__ = ["admin", "backup", "cli", "main", "prune", "query", "run", "ui", "workers"]
 
 
 def main() -> None:
