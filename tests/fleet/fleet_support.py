@@ -7,12 +7,15 @@ leaving a side effect per run in a file, so the tests can count how often each r
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
@@ -33,6 +36,9 @@ CONCURRENCY = 8
 DEADLINE = 180.0
 
 
+FleetT = TypeVar("FleetT", bound="Fleet")
+
+
 class Fleet:
     """The worker processes, their logs, and reads of the shared database."""
 
@@ -45,12 +51,19 @@ class Fleet:
                     "ONESHOT_CONCURRENCY": str(CONCURRENCY)}
         self.workers: list[subprocess.Popen[bytes]] = []
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start `oneshot worker ARGS` (able to run ``fleet_app``'s workflow), logging to
+        ``worker-N.log``."""
         with (self.tmp_path / f"worker-{len(self.workers)}.log").open("wb") as log:
-            proc = subprocess.Popen([oneshot_script(), "worker", "--import", "fleet_app"],
-                                    env=self.env, cwd=self.tmp_path, stdout=log, stderr=log)
+            proc = subprocess.Popen(
+                [oneshot_script(), "worker", "--import", "fleet_app", *args], env=self.env,
+                cwd=self.tmp_path, stdout=log, stderr=log)
         self.workers.append(proc)
         return proc
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([oneshot_script(), *args], env=self.env, cwd=self.tmp_path,
+                              capture_output=True, timeout=DEADLINE, check=False)
 
     def log(self, index: int) -> str:
         return (self.tmp_path / f"worker-{index}.log").read_text(errors="replace")
@@ -71,6 +84,19 @@ class Fleet:
         while not condition():
             assert time.monotonic() < deadline, f"timed out waiting for {what}"
             time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def reaped(fleet: FleetT) -> Iterator[FleetT]:
+    """The fleet, with every worker process killed (even a paused one) and reaped after."""
+    try:
+        yield fleet
+    finally:
+        for proc in fleet.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            proc.wait()
 
 
 def queue_everything(fleet: Fleet, effects: Path, commands: int = COMMANDS,

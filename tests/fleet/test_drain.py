@@ -5,46 +5,29 @@ the grace period, and hands over what is still running, to be reattached by anot
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import pytest
+from fleet_support import Fleet, everything, reaped
 
 from durable.records import NewTask, TaskKind, TaskRecord, Transition
 from durable.states import TaskState
 from durable.store import Store
 from orchestrator.orchestrator import new_task_id
-from tests.support import Database, make_store, oneshot_script, persisted_only
+from tests.support import Database, persisted_only
 
 TIMEOUT = 30.0
 
 
-class Workers:
+class Workers(Fleet):
+    """A fleet with shorter leases, and single tasks to queue and read."""
+
     def __init__(self, database: Database, tmp_path: Path) -> None:
-        self.database = database
-        self.tmp_path = tmp_path
-        self.env = {**os.environ, **database.env(),
-                    "ONESHOT_WORKER__LEASE_SECONDS": "2"}
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        with (self.tmp_path / f"worker-{len(self.procs)}.log").open("wb") as log:
-            proc = subprocess.Popen([oneshot_script(), "worker", *args], env=self.env,
-                                    cwd=self.tmp_path, stdout=log, stderr=log)
-        self.procs.append(proc)
-        return proc
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([oneshot_script(), *args], env=self.env, cwd=self.tmp_path,
-                              capture_output=True, timeout=TIMEOUT, check=False)
-
-    def log(self, index: int) -> str:
-        return (self.tmp_path / f"worker-{index}.log").read_text(errors="replace")
+        super().__init__(database, tmp_path)
+        self.env["ONESHOT_WORKER__LEASE_SECONDS"] = "2"
 
     def queue(self, *argv: str) -> str:
         async def main(store: Store) -> str:
@@ -52,41 +35,17 @@ class Workers:
                            cwd=str(self.tmp_path))
             return (await store.create_task(task, reason="queued")).id
 
-        return self.read(main)  # type: ignore[return-value]
+        return self.query(main)  # type: ignore[return-value]
 
     def task(self, task_id: str) -> tuple[TaskRecord, list[Transition], bytes]:
-        async def main(store: Store) -> tuple[TaskRecord, list[Transition], bytes]:
-            output = b"".join(f.data for f in await store.read_logs(task_id))
-            return await store.get_task(task_id), await store.history(task_id), output
-
-        return self.read(main)  # type: ignore[return-value]
-
-    def read(self, body: Callable[[Store], object]) -> object:
-        async def main() -> object:
-            store = make_store(self.database)
-            await store.open()
-            try:
-                return await body(store)  # type: ignore[misc]
-            finally:
-                await store.close()
-
-        return anyio.run(main)
-
-    def wait(self, what: str, condition: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.1)
+        [found] = everything(self, [task_id]).values()
+        return found
 
 
 @pytest.fixture
 def workers(database: Database, tmp_path: Path) -> Iterator[Workers]:
-    fleet = Workers(database, tmp_path)
-    yield fleet
-    for proc in fleet.procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    with reaped(Workers(database, tmp_path)) as fleet:
+        yield fleet
 
 
 @persisted_only
@@ -96,7 +55,7 @@ def test_a_draining_worker_lets_its_task_finish_and_claims_nothing_more(
     queued, the worker exits 0 and is listed as stopped."""
     running = workers.queue("sh", "-c", "echo started; sleep 3; echo done")
     waiting = workers.queue("true")  # behind it: concurrency 1 keeps it queued
-    worker = workers.start("--concurrency", "1", "--drain-grace", "20")
+    worker = workers.start_worker("--concurrency", "1", "--drain-grace", "20")
     workers.wait("the task's output", lambda: workers.task(running)[2] != b"")
     live = json.loads(workers.cli("workers", "--json").stdout)
     assert [(w["pid"], w["state"], w["running"]) for w in live] == [(worker.pid, "active", 1)]
@@ -118,7 +77,7 @@ def test_past_the_grace_period_a_running_command_is_handed_over_and_reattached(
     """The draining worker leaves the command running with its lease expired; the next worker
     reattaches to it, and the output is whole: nothing lost, nothing twice."""
     task_id = workers.queue("sh", "-c", "echo before; sleep 5; echo after")
-    first = workers.start("--drain-grace", "0.2")
+    first = workers.start_worker("--drain-grace", "0.2")
     workers.wait("the first line", lambda: workers.task(task_id)[2] == b"before\n")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=TIMEOUT) == 0, workers.log(0)
@@ -126,7 +85,7 @@ def test_past_the_grace_period_a_running_command_is_handed_over_and_reattached(
     assert (record.state, record.owner) == (TaskState.RUNNING, None)
     assert record.lease_expires_at is not None and record.lease_expires_at <= time.time()
 
-    workers.start()
+    workers.start_worker()
     workers.wait("the task to end", lambda: workers.task(task_id)[0].state.is_terminal)
     record, history, output = workers.task(task_id)
     assert (record.state, record.exit_code, output) == (TaskState.COMPLETED, 0,
@@ -161,7 +120,7 @@ def test_submit_queues_commands_and_workflows_for_the_workers_of_their_queue(
     record = workers.task(gpu_id)[0]
     assert (record.state, record.queue, record.owner, record.name) == (
         TaskState.CREATED, "gpu", None, "on-gpu")
-    worker = workers.start("--queue", "gpu", "--import", "fleet_app")
+    worker = workers.start_worker("--queue", "gpu")
     flow_id = flow.stdout.decode().strip()
     workers.wait("the gpu tasks", lambda: all(workers.task(t)[0].state.is_terminal
                                               for t in (gpu_id, flow_id)))
