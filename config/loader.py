@@ -18,7 +18,7 @@ from itertools import takewhile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_settings import EnvSettingsSource, SettingsError
 from sqlalchemy.engine import make_url
 
@@ -32,6 +32,9 @@ from config.settings import (
 _ENV_PREFIX = "ONESHOT_"
 _DELIMITER = "__"
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+# A password can also be a query parameter (asyncpg takes ``?password=``); mask it like one.
+_SECRET_IN_QUERY = re.compile(r"([?&][^=&\s]*(?:password|secret|token|key)[^=&\s]*=)[^&\s]*",
+                              re.IGNORECASE)
 _MAX_SHOWN = 80
 
 Loc = tuple[str | int, ...]
@@ -261,8 +264,14 @@ def _sentence(message: str) -> str:
     return text
 
 
+def _masked(text: str) -> str:
+    """``text`` with URL passwords (``user:pw@``, ``?password=pw``) and secret parameters
+    masked."""
+    return _SECRET_IN_QUERY.sub(r"\1***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+
+
 def _shown(value: Any) -> str:
-    text = _PASSWORD_IN_URL.sub(r"\1***@", repr(value))
+    text = repr(_masked(value)) if isinstance(value, str) else _masked(repr(value))
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
 
 
@@ -273,14 +282,31 @@ def _is_secret(key: str, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(name, pattern.upper()) for name in names for pattern in patterns)
 
 
+def _is_secret_parameter(name: str, patterns: Sequence[str]) -> bool:
+    """A URL query parameter to mask: matching a secret pattern, or the defaults (the URL's own
+    password is always masked, so its ``?password=`` form is too)."""
+    return any(fnmatchcase(name.upper(), pattern.upper())
+               for pattern in (*patterns, *DEFAULT_SECRET_PATTERNS))
+
+
+def masked_url(value: str, patterns: Sequence[str] = DEFAULT_SECRET_PATTERNS) -> str:
+    """A database URL for display: its password, and query parameters named like secrets
+    (``?password=``, ``?sslpassword=``), masked."""
+    try:
+        url = make_url(value)
+        query = {name: "***" if _is_secret_parameter(name, patterns) else given
+                 for name, given in url.query.items()}
+        shown = url.set(query=query).render_as_string(hide_password=True)
+        return shown.replace("=%2A%2A%2A", "=***")
+    except Exception:  # an unparsable URL: never show a password anyway
+        return _masked(str(value))
+
+
 def _display(key: str, value: Any, patterns: Sequence[str]) -> str:
-    if _is_secret(key, patterns):
-        return "***"
+    if isinstance(value, SecretStr) or _is_secret(key, patterns):
+        return "***"  # a secret setting is masked whatever secret_patterns says
     if key == "database.url":
-        try:
-            return make_url(value).render_as_string(hide_password=True)
-        except Exception:  # not expected after validation; never show a password anyway
-            return _PASSWORD_IN_URL.sub(r"\1***@", str(value))
+        return masked_url(value, patterns)
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:

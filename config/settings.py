@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -44,6 +45,12 @@ CONFIG_FILE_NAME = "oneshot.toml"
 CONFIG_ENV_VAR = "ONESHOT_CONFIG"
 DEFAULT_SECRET_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*KEY*")
 UI_TOKEN_MIN_LENGTH = 16
+SQL_INT_MAX = 2**63 - 1
+"""The largest integer SQLite and PostgreSQL (BIGINT) take: a larger limit would overflow as a
+query parameter (a traceback in `oneshot prune`), so it is a configuration error instead."""
+INT32_MAX = 2**31 - 1
+"""SQLite's busy timeout is a C int (a larger value silently becomes 0: no waiting at all), and
+``workers.concurrency`` is an INTEGER column (32 bits on PostgreSQL)."""
 
 SynchronousLevel = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 MissingProcessMode = Literal["interrupt", "restart", "fail"]
@@ -85,6 +92,7 @@ def normalize_database_url(value: str) -> str:
     text = value.strip()
     if not text:
         raise ValueError("the database URL is empty")
+    _check_text(text, "the database URL")
     if text == ":memory:":
         return "sqlite+aiosqlite:///:memory:"
     scheme, sep, rest = text.partition("://")
@@ -113,6 +121,33 @@ def default_database_url() -> str:
     return f"sqlite+aiosqlite:///{path.as_posix()}"
 
 
+def _check_text(text: str, what: str) -> str:
+    """Reject what no file system call or database driver takes: a NUL character, and text
+    that is not UTF-8 (undecodable bytes from the environment arrive as lone surrogates)."""
+    if "\x00" in text:
+        raise ValueError(f"{what} contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8") from None
+    return text
+
+
+def _text_item(value: str) -> str:
+    return _check_text(value, "the value")
+
+
+def _spool_path(value: Path | None) -> Path | None:
+    # Run directories under it are stored in the database (as text): UTF-8 only.
+    return value if value is None else Path(_check_text(str(value), "the path"))
+
+
+def _plain_path(value: Path | None) -> Path | None:
+    if value is not None and "\x00" in str(value):
+        raise ValueError("the path contains a NUL character")
+    return value
+
+
 def _split_list(value: Any) -> Any:
     """A JSON list (``["a", "b"]``) or a comma-separated string (``a, b``) from env or a flag."""
     if not isinstance(value, str):
@@ -133,9 +168,11 @@ def _none_word(value: Any) -> Any:
     return value
 
 
-StrList = Annotated[list[str], NoDecode, BeforeValidator(_split_list)]
+StrList = Annotated[list[Annotated[str, AfterValidator(_text_item)]], NoDecode,
+                    BeforeValidator(_split_list)]
 OptionalPositiveFloat = Annotated[Annotated[float, Field(gt=0)] | None, BeforeValidator(_none_word)]
-OptionalPositiveInt = Annotated[Annotated[int, Field(gt=0)] | None, BeforeValidator(_none_word)]
+OptionalPositiveInt = Annotated[Annotated[int, Field(gt=0, le=SQL_INT_MAX)] | None,
+                                BeforeValidator(_none_word)]
 
 
 class _Section(BaseModel):
@@ -151,11 +188,12 @@ class PersistenceSettings(_Section):
 class DatabaseSettings(_Section):
     url: str = Field(default_factory=default_database_url)
     synchronous: SynchronousLevel = "FULL"
-    busy_timeout_ms: int = Field(default=5000, ge=0)
+    busy_timeout_ms: int = Field(default=5000, ge=0, le=INT32_MAX)
     retry_seconds: float = Field(default=10.0, ge=0)  # transient failures retried this long
     auto_upgrade: bool = True  # opening the store migrates it to head
     commit_batch_max: int = Field(default=2000, ge=1)  # operations per group commit
-    commit_max_wait_ms: float = Field(default=0.0, ge=0)  # wait to gather more work
+    # wait to gather more work; bounded (24.8 days), as a huge wait overflows a thread's timer
+    commit_max_wait_ms: float = Field(default=0.0, ge=0, le=INT32_MAX)
     # PostgreSQL only: the schema holding every table (and alembic_version); None: the
     # server's search_path (usually "public"). Python name schema_: BaseModel has .schema().
     schema_: str | None = Field(default=None, alias="schema")
@@ -194,15 +232,16 @@ class RetentionSettings(_Section):
     max_age_days: OptionalPositiveFloat = 30.0
     max_bytes_per_task: OptionalPositiveInt = None
     max_total_bytes: OptionalPositiveInt = None
-    keep_last: int = Field(default=100, ge=0)
+    keep_last: int = Field(default=100, ge=0, le=SQL_INT_MAX)
     interval: float = Field(default=3600.0, gt=0)  # seconds between the worker's prune runs
-    chunk_rows: int = Field(default=500, ge=1)  # tasks or fragments deleted per transaction
-    chunk_bytes: int = Field(default=33_554_432, ge=1)  # output bytes deleted per transaction
+    chunk_rows: int = Field(default=500, ge=1, le=SQL_INT_MAX)  # rows deleted per transaction
+    chunk_bytes: int = Field(default=33_554_432, ge=1, le=SQL_INT_MAX)  # bytes per transaction
 
 
 class BackupSettings(_Section):
     interval_hours: OptionalPositiveFloat = None  # None: no periodic backup by the worker
-    directory: Path | None = None  # None: "<database file>-backups" beside the database
+    # None: "<database file>-backups" beside the database
+    directory: Annotated[Path | None, AfterValidator(_plain_path)] = None
     keep: int = Field(default=7, ge=1)  # newest periodic backups kept
 
 
@@ -230,7 +269,8 @@ class WorkerSettings(_Section):
 
     lease_seconds: float = Field(default=30.0, ge=1)  # heartbeats every third of it
     drain_grace: float = Field(default=60.0, ge=0)  # seconds a SIGTERM'd worker waits
-    queues: StrList = Field(default_factory=lambda: ["default"])  # queues a worker takes from
+    # queues a worker takes from (none at all would be a worker that never runs anything)
+    queues: StrList = Field(default_factory=lambda: ["default"], min_length=1)
 
 
 class UiSettings(_Section):
@@ -290,13 +330,13 @@ class OneshotSettings(BaseSettings):
     workflows: WorkflowsSettings = Field(default_factory=WorkflowsSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     ui: UiSettings = Field(default_factory=UiSettings)
-    concurrency: int = Field(default=4, ge=1)
+    concurrency: int = Field(default=4, ge=1, le=INT32_MAX)
     idle_threshold: float = Field(default=60.0, gt=0)  # seconds of silence before IDLE
     secret_patterns: StrList = Field(default_factory=lambda: list(DEFAULT_SECRET_PATTERNS))
     # Where command shims spool output; None: "<database file>-runs" beside a SQLite database,
     # "runs" in the user data dir for a server database, a private RAM-backed temporary
     # directory when persistence is off.
-    spool_dir: Path | None = None
+    spool_dir: Annotated[Path | None, AfterValidator(_spool_path)] = None
 
     _config_file: Path | None = PrivateAttr(default=None)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)

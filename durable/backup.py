@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from durable.engine import ConnectionOptions, connect_sqlite
 from durable.exceptions import DatabaseUnavailable, StoreError
+from durable.private import make_private_dirs
 
 __all__ = ["BackupResult", "IntegrityReport", "backup_name", "backup_sqlite", "damage_in",
            "damage_message", "default_backup_directory", "in_use_by", "inspect_sqlite",
@@ -275,6 +276,7 @@ def inspect_sqlite(options: ConnectionOptions, *, full: bool = False) -> Integri
     try:
         revision = _revision(conn)
         problems = [line for line in _check_lines(conn, mode) if line != "ok"]
+        problems += _torn_tail(conn, path)
         fk_problems = len(conn.execute("PRAGMA foreign_key_check").fetchall())
         return IntegrityReport(path, mode, revision, tuple(problems), fk_problems)
     except sqlite3.DatabaseError as exc:
@@ -365,6 +367,19 @@ def _check_lines(conn: sqlite3.Connection, mode: str) -> Iterator[str]:
                     if line.strip() and not line.startswith("*** in database"))
 
 
+def _torn_tail(conn: sqlite3.Connection, path: Path) -> list[str]:
+    """SQLite writes its file in whole pages, so a size that is not a multiple of the page
+    size means a torn write or a truncation. The checks above cannot see it (the cut part of
+    the last page simply reads as zeros), yet it may have lost stored bytes."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    size = path.stat().st_size if path.exists() else 0
+    if size % page_size == 0:
+        return []
+    return [f"the file ends inside a page ({size} bytes is not a whole number of "
+            f"{page_size}-byte pages): a write was torn or the file was cut, and the end of "
+            "its last page reads back as zeros"]
+
+
 def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:
     names = [row[0] for row in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
@@ -376,7 +391,7 @@ def _row_counts(conn: sqlite3.Connection) -> dict[str, int]:
 
 def _make_private_dir(directory: Path) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(directory)
     except OSError as exc:
         raise StoreError(f"cannot create directory {directory}: {exc.strerror}") from exc
 

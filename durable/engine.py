@@ -7,8 +7,10 @@ PostgreSQL, every connection's ``search_path`` is set here to the configured sch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +21,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from config.loader import masked_url
 from config.settings import SCHEMA_NAME
 from durable.exceptions import DatabaseUnavailable
+from durable.private import make_private_dirs
 
 if TYPE_CHECKING:
     from config.settings import DatabaseSettings
@@ -60,8 +64,8 @@ class ConnectionOptions:
 
     @property
     def display_url(self) -> str:
-        """The URL with its password masked, for messages."""
-        return self.sa_url.render_as_string(hide_password=True)
+        """The URL with its password (and secret query parameters) masked, for messages."""
+        return masked_url(self.url)
 
     @property
     def is_sqlite(self) -> bool:
@@ -175,7 +179,7 @@ def prepare_sqlite_file(options: ConnectionOptions) -> Path:
     assert path is not None
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(directory)
     except OSError as exc:
         raise DatabaseUnavailable(options.url, f"cannot create directory {directory}: "
                                   f"{exc.strerror}") from exc
@@ -251,6 +255,17 @@ def create_engine(options: ConnectionOptions) -> AsyncEngine:
                 dbapi_conn.isolation_level = saved
 
     return engine
+
+
+@contextlib.contextmanager
+def unsupported_options_refused(options: ConnectionOptions) -> Iterator[None]:
+    """A query parameter of the URL that the driver does not take (``?sslmode=`` for asyncpg,
+    a typo) fails its first connect with a TypeError: say so in one line, naming the URL."""
+    try:
+        yield
+    except TypeError as exc:
+        raise DatabaseUnavailable(options.display_url,
+                                  f"unsupported connection option ({exc})") from None
 
 
 def create_null_pool_engine(options: ConnectionOptions) -> AsyncEngine:

@@ -16,6 +16,15 @@ class StoreError(OneshotError):
     """The database could not be opened, read or written."""
 
 
+class CorruptTask(StoreError):
+    """A task's stored row cannot be read back (bad JSON, an unknown state)."""
+
+    def __init__(self, task_id: str, problem: str) -> None:
+        super().__init__(f"task {task_id}: its stored row is corrupt ({problem})")
+        self.task_id = task_id
+        self.problem = problem
+
+
 class DatabaseUnavailable(StoreError):
     """The database file or server cannot be used (unwritable path, not a database, ...)."""
 

@@ -27,6 +27,7 @@ from durable.engine import (
     ended_idle_in_transaction,
     is_transient,
     server_problem,
+    unsupported_options_refused,
 )
 from durable.exceptions import DatabaseUnavailable, StoreError
 from durable.fenced import FencedWrites
@@ -76,8 +77,9 @@ class PostgresStore(SqlReads, FencedWrites):
             return
         engine = create_engine(self.options)
         try:
-            await migrate.ensure_ready(engine, auto_upgrade=self._auto_upgrade,
-                                       schema=self.options.schema)
+            with unsupported_options_refused(self.options):
+                await migrate.ensure_ready(engine, auto_upgrade=self._auto_upgrade,
+                                           schema=self.options.schema)
         except BaseException:
             await engine.dispose()
             raise

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as upsert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from durable.exceptions import LeaseLost, StateConflict, StoreError
+from durable.exceptions import CorruptTask, LeaseLost, StateConflict, StoreError
 from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
@@ -31,7 +31,7 @@ from durable.records import (
     Transition,
     WorkerRecord,
 )
-from durable.rows import HANDLE_COLUMNS, WORKER_COLUMNS, encode_argv, task_from_row
+from durable.rows import HANDLE_COLUMNS, WORKER_COLUMNS, corrupt_reason, encode_argv, task_from_row
 from durable.schema import (
     log_fragments,
     process_handles,
@@ -148,7 +148,12 @@ async def claim(conn: AsyncConnection, worker: str, queues: Sequence[str], limit
         .values(owner=worker, fence=tasks.c.fence + 1, lease_expires_at=now + lease_seconds,
                 updated_at=now)
         .returning(*tasks.c))
-    records = [task_from_row(dict(row)) for row in claimed.mappings()]
+    records = []
+    for row in claimed.mappings():
+        try:
+            records.append(task_from_row(dict(row)))
+        except CorruptTask as exc:  # it could never run: fail it now, not claim it forever
+            await fail_corrupt(conn, exc.task_id, TaskState.CREATED.value, corrupt_reason(exc))
     return sorted(records, key=lambda r: r.created_at)
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from durable.exceptions import CorruptTask
 from durable.records import (
     LogFragment,
     ProcessHandle,
@@ -29,7 +30,24 @@ def encode_argv(argv: list[str] | None) -> str | None:
 
 
 def task_from_row(row: Mapping[str, Any]) -> TaskRecord:
+    """The record of a ``tasks`` row; :class:`CorruptTask` if it cannot be read back."""
+    try:
+        return _task_record(row)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptTask(str(row.get("id")), f"{type(exc).__name__}: {exc}") from exc
+
+
+def corrupt_reason(exc: CorruptTask) -> str:
+    """The reason (and error) a corrupt task is failed with."""
+    return f"corrupt state: {exc.problem}"
+
+
+def _task_record(row: Mapping[str, Any]) -> TaskRecord:
     argv = row["argv"]
+    if argv is not None:
+        argv = json.loads(argv)
+        if not (isinstance(argv, list) and all(isinstance(arg, str) for arg in argv)):
+            raise ValueError("argv is not a list of strings")
     return TaskRecord(
         id=row["id"],
         kind=row["kind"],
@@ -37,7 +55,7 @@ def task_from_row(row: Mapping[str, Any]) -> TaskRecord:
         state=TaskState(row["state"]),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
-        argv=None if argv is None else json.loads(argv),
+        argv=argv,
         cwd=row["cwd"],
         workflow=row["workflow"],
         input=row["input"],

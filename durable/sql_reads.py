@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, and_, asc, desc, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from durable.engine import ConnectionOptions, is_transient
-from durable.exceptions import StoreError, TaskNotFound
+from durable.exceptions import CorruptTask, StoreError, TaskNotFound
 from durable.records import (
     LogFragment,
     ProcessHandle,
@@ -243,5 +243,5 @@ def _task_ref(row: Mapping[str, Any]) -> TaskRef:
     ref = TaskRef(row["id"], row["kind"], row["state"], row["owner"], row["lease_expires_at"])
     try:
         return replace(ref, record=task_from_row(row))
-    except (ValueError, KeyError, TypeError) as exc:
-        return replace(ref, problem=str(exc))
+    except CorruptTask as exc:
+        return replace(ref, problem=exc.problem)

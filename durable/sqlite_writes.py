@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from durable.exceptions import LeaseLost, StateConflict, StoreError
+from durable.exceptions import CorruptTask, LeaseLost, StateConflict, StoreError
 from durable.records import (
     TASK_UPDATABLE_FIELDS,
     LogFragment,
@@ -27,7 +27,14 @@ from durable.records import (
     Transition,
     WorkerRecord,
 )
-from durable.rows import HANDLE_COLUMNS, TASK_COLUMNS, WORKER_COLUMNS, encode_argv, task_from_row
+from durable.rows import (
+    HANDLE_COLUMNS,
+    TASK_COLUMNS,
+    WORKER_COLUMNS,
+    corrupt_reason,
+    encode_argv,
+    task_from_row,
+)
 from durable.states import TERMINAL_STATES, TaskState
 from durable.store import SpoolOffsets
 from durable.transient import retrying_in_thread
@@ -201,11 +208,18 @@ class ClaimTasks:
     lease_seconds: float
 
     def apply(self, cur: sqlite3.Cursor) -> list[TaskRecord]:
+        """Claim, and fail at once (in the same transaction) a claimed row that cannot be
+        read: it could never run, and left queued it would be claimed again and again."""
         now = time.time()
         cur.execute(_claim_sql(len(self.queues)),
                     (self.worker, now + self.lease_seconds, now, *self.queues, self.limit))
-        records = [task_from_row(dict(zip(TASK_COLUMNS, row, strict=True)))
-                   for row in cur.fetchall()]
+        records = []
+        for row in cur.fetchall():
+            try:
+                records.append(task_from_row(dict(zip(TASK_COLUMNS, row, strict=True))))
+            except CorruptTask as exc:
+                FailCorrupt(exc.task_id, TaskState.CREATED.value,
+                            corrupt_reason(exc)).apply(cur)
         return sorted(records, key=lambda r: r.created_at)
 
 

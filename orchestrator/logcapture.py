@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
@@ -20,6 +21,15 @@ from durable.records import LogFragment, Stream
 from durable.store import SpoolOffsets, Store
 
 Tee = Callable[[Stream, bytes], None]
+
+
+@dataclass(slots=True)
+class _Chunk:
+    stream: Stream
+    data: bytearray
+    at: float
+    spool_end: int | None
+    """How far the stream's spool file is read with this chunk (None: count the bytes)."""
 
 
 class LogCapture:
@@ -46,7 +56,7 @@ class LogCapture:
         self._next_seq = next_seq
         # How far each spool file is stored; None when the output does not come from a spool.
         self._offsets = dict(zip(Stream, offsets, strict=True)) if offsets is not None else None
-        self._buffer: list[tuple[Stream, bytearray, float]] = []
+        self._buffer: list[_Chunk] = []
         self._buffered = 0
         self._in_flight = 0
         self._flush_lock = anyio.Lock()
@@ -54,7 +64,9 @@ class LogCapture:
         self.bytes_captured = 0
         self.last_output_at = time.monotonic()
 
-    async def write(self, stream: Stream, data: bytes) -> None:
+    async def write(self, stream: Stream, data: bytes, spool_end: int | None = None) -> None:
+        """Buffer ``data``; ``spool_end`` is the spool file's offset just past it, stored with
+        it (the file may have been read again from its start: see ShimProcess.attach)."""
         if not data:
             return
         self.last_output_at = time.monotonic()
@@ -62,12 +74,13 @@ class LogCapture:
         if self._tee is not None:
             self._tee(stream, data)
         last = self._buffer[-1] if self._buffer else None
-        if last is not None and last[0] == stream and len(last[1]) + len(data) <= (
+        if last is not None and last.stream == stream and len(last.data) + len(data) <= (
             self._fragment_bytes
         ):
-            last[1].extend(data)
+            last.data.extend(data)
+            last.spool_end = spool_end
         else:
-            self._buffer.append((stream, bytearray(data), time.time()))
+            self._buffer.append(_Chunk(stream, bytearray(data), time.time(), spool_end))
         self._buffered += len(data)
         if self._buffered + self._in_flight > self._memory_cap:
             await self.flush()  # waits for the in-flight flush first: backpressure
@@ -90,11 +103,14 @@ class LogCapture:
             batch, self._buffer = self._buffer, []
             size, self._buffered = self._buffered, 0
             fragments = []
-            for stream, data, at in batch:
-                fragments.append(LogFragment(self.task_id, stream, self._next_seq, at, bytes(data)))
+            for chunk in batch:
+                fragments.append(LogFragment(self.task_id, chunk.stream, self._next_seq,
+                                             chunk.at, bytes(chunk.data)))
                 self._next_seq += 1
                 if self._offsets is not None:
-                    self._offsets[stream] += len(data)
+                    self._offsets[chunk.stream] = (
+                        self._offsets[chunk.stream] + len(chunk.data) if chunk.spool_end is None
+                        else chunk.spool_end)
             self._in_flight = size
             try:
                 with anyio.CancelScope(shield=True):

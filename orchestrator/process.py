@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 
 from durable.exceptions import CommandNotFound
+from durable.private import make_private_dirs
 from durable.records import ProcessHandle, Stream
 from orchestrator.shim import boot_id, proc_start_time, write_json_atomic
 
@@ -86,14 +87,46 @@ class ShimProcess:
         self.offsets = {Stream.STDOUT: offsets[0], Stream.STDERR: offsets[1]}
         self.pid: int = int(started["pid"])
         self.shim_pid: int = int(started["shim_pid"])
+        self.notes: list[str] = []
+        """What went wrong with the spool files, not yet recorded (see :meth:`take_notes`)."""
 
     @classmethod
     def attach(cls, run_dir: Path, offsets: tuple[int, int]) -> ShimProcess | None:
-        """The shim of ``run_dir`` from its ``started.json``; None if it never started."""
+        """The shim of ``run_dir`` from its ``started.json``; None if it never started.
+
+        A spool file shorter than its stored offset was cut behind our back. After a reboot
+        that is the page cache lost with the machine: everything it still holds is stored, so
+        reading goes on from its end. On the same boot someone truncated it (``: > file``,
+        copytruncate): what it holds was written since, so it is read again from its start —
+        an emptied file loses nothing; a file cut to N bytes has those N bytes stored twice.
+        Either way a note says so (:meth:`take_notes`).
+        """
         started = _read_json(run_dir / "started.json")
         if started is None:
             return None
-        return cls(run_dir, started, offsets)
+        child = cls(run_dir, started, offsets)
+        same_boot = started.get("boot_id") == current_boot_id()
+        for stream, name in SPOOL_FILES.items():
+            try:
+                size = (run_dir / name).stat().st_size
+            except OSError:
+                size = 0
+            if size < child.offsets[stream]:
+                child._truncated(stream, size, read_again=same_boot)
+        return child
+
+    def _truncated(self, stream: Stream, size: int, *, read_again: bool) -> None:
+        name, stored = SPOOL_FILES[stream], self.offsets[stream]
+        self.offsets[stream] = 0 if read_again else size
+        self.notes.append(
+            f"{name} was truncated to {size} bytes, below the {stored} already read: "
+            + ("read again from its start" if read_again else
+               "read on from its end (the machine rebooted)"))
+
+    def take_notes(self) -> str:
+        """The notes not yet recorded, as ``"; note"...`` to append to a reason ('' if none)."""
+        notes, self.notes = self.notes, []
+        return "".join(f"; {note}" for note in notes)
 
     def handle(self, task_id: str, attempt: int) -> ProcessHandle:
         s = self.started
@@ -135,8 +168,6 @@ class ShimProcess:
         try:
             for stream, name in SPOOL_FILES.items():
                 fds[stream] = os.open(self.run_dir / name, os.O_RDONLY | os.O_CREAT, 0o600)
-                size = os.fstat(fds[stream]).st_size
-                self.offsets[stream] = min(self.offsets[stream], size)  # page cache lost
             interval = TAIL_INTERVALS[0]
             while True:
                 progressed = False
@@ -146,6 +177,11 @@ class ShimProcess:
                         self.offsets[stream] += len(data)
                         progressed = True
                         yield stream, data
+                    elif (size := os.fstat(fd).st_size) < self.offsets[stream]:
+                        # Truncated while we follow: what the command writes next lands at
+                        # the new end, below our offset, so read again from the start.
+                        self._truncated(stream, size, read_again=True)
+                        progressed = True
                 if progressed:
                     interval = TAIL_INTERVALS[0]
                     await anyio.sleep(0)  # let the loop breathe between reads of a flood
@@ -206,7 +242,7 @@ def _remove_run_dir(run_dir: Path) -> None:
 
 def _prepare_run_dir(run_dir: Path, spec: dict[str, Any]) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)  # a launch that never started, retried
-    run_dir.mkdir(parents=True, mode=0o700)
+    make_private_dirs(run_dir)
     write_json_atomic(str(run_dir), "spec.json", spec)
 
 
@@ -265,7 +301,8 @@ async def spawn(
     read_fd, write_fd = os.pipe()
     launcher: subprocess.Popen[bytes] | None = None
     try:
-        with open(run_dir / "shim.err", "wb") as shim_err:
+        err_fd = os.open(run_dir / "shim.err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(err_fd, "wb") as shim_err:
             check_lease()
             launcher = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(SHIM_PATH), str(run_dir), str(write_fd)],

@@ -80,6 +80,7 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
         if only is None or ref.id == only:
             with contextlib.suppress(StateConflict):
                 await orch.store.fail_corrupt(ref.id, ref.state, f"corrupt state: {problem}")
+                _stop_unwatched(await orch.store.get_process(ref.id))
     limiter = anyio.CapacityLimiter(RECOVERY_CONCURRENCY)
     taken: list[TaskRecord] = []
 
@@ -103,8 +104,9 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
         async with limiter:
             try:
                 handle = await _recover_one(orch, record, facts)
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 await _end(orch, record, TaskState.FAILED, f"corrupt state: {exc}")
+                _stop_unwatched(facts.handles.get(record.id))
                 return
             if handle is not None:
                 handles.append(handle)
@@ -152,8 +154,8 @@ async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord, facts: Facts
     next_seq = facts.next_seqs.get(record.id, 0)
     if evidence.verdict in ("alive", "finished"):
         assert evidence.child is not None
-        reason = (f"reattached to pid {evidence.child.pid}" if evidence.verdict == "alive"
-                  else evidence.cause)
+        reason = (f"reattached to pid {evidence.child.pid}{evidence.child.take_notes()}"
+                  if evidence.verdict == "alive" else evidence.cause)
         return orch.start_task(record, reattach=Reattachment(
             evidence.child, next_seq, reason))
     if evidence.verdict == "never-started":
@@ -169,7 +171,8 @@ async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord, facts: Facts
             return None
         return await _run_again(orch, record, f"restart: {evidence.cause}", record.attempt + 1)
     state = TaskState.FAILED if mode == "fail" else TaskState.INTERRUPTED
-    await _end(orch, record, state, evidence.cause)
+    notes = evidence.child.take_notes() if evidence.child is not None else ""
+    await _end(orch, record, state, evidence.cause + notes)
     return None
 
 
@@ -218,6 +221,17 @@ def _never_started(run_dir: Path) -> Evidence:
         error = json.loads(exit_file.read_text()).get("error") or "it could not start"
         return Evidence("lost", error)
     return Evidence("never-started", "its launch was interrupted before the command started")
+
+
+def _stop_unwatched(handle: ProcessHandle | None) -> None:
+    """A task ended FAILED for a corrupt row, so nobody will follow its command: have its shim
+    (verified) stop it rather than leave it running unwatched. The run directory stays, with
+    whatever output was not stored yet."""
+    if handle is None or handle.host != socket.gethostname():
+        return
+    child = ShimProcess.attach(Path(handle.run_dir), (0, 0))
+    if child is not None:
+        child.stop()
 
 
 def _kill_verified(pid: int, start_time: int | None) -> bool:

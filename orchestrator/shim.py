@@ -231,9 +231,18 @@ class Shim:
             os.killpg(pgid, signum)
 
     def _reap_leftovers(self, pgid: int) -> None:
-        """The command is gone: stop what it left in its group, and reap every adoptee."""
+        """The command is gone: stop what it left behind, and reap every adoptee.
+
+        What it left is its process group and whatever this subreaper adopted: a process that
+        left the group (``setsid``, a daemon's double fork) is not reached through the group,
+        but once its parent is gone it is our child, so it is signalled by pid — safe, since a
+        child's pid cannot be reused before we reap it. Without this, one such escapee kept
+        the shim (and the task) waiting until it ended on its own.
+        """
         self._signal_group(pgid, signal.SIGTERM)
+        self._signal_children(signal.SIGTERM)
         deadline = time.time() + min(self.grace, 2.0)
+        killed_group = False
         while True:
             try:
                 reaped, _ = os.waitpid(-1, os.WNOHANG)
@@ -241,9 +250,18 @@ class Shim:
                 return
             if reaped == 0:
                 if time.time() >= deadline:
-                    self._signal_group(pgid, signal.SIGKILL)
-                    deadline = float("inf")
+                    if not killed_group:
+                        self._signal_group(pgid, signal.SIGKILL)
+                        killed_group = True
+                    # Every poll: a killed escapee's own children are adopted next.
+                    self._signal_children(signal.SIGKILL)
                 time.sleep(POLL)
+
+    @staticmethod
+    def _signal_children(signum: int) -> None:
+        for child in _children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
 
     def _finish(self, code: int | None, reason: str | None, error: str | None,
                 sync_fd: int | None = None) -> None:
@@ -252,6 +270,28 @@ class Shim:
         write_json_atomic(self.run_dir, "exit.json", record, durable=True)
         if sync_fd is not None:
             self._sync(sync_fd, record)
+
+
+def _children() -> list[int]:
+    """This (single-threaded) process's children, alive or not yet reaped."""
+    me = os.getpid()
+    try:
+        with open(f"/proc/{me}/task/{me}/children") as f:
+            return [int(pid) for pid in f.read().split()]
+    except OSError:  # a kernel without CONFIG_PROC_CHILDREN: scan every process's parent
+        pass
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            children.append(int(entry))
+    return children
 
 
 def _detach() -> None:

@@ -100,7 +100,12 @@ class OneshotTask:
         self.record = record
         self.store = store
         self.options = options
-        self.run_options = RunOptions.from_json(record.options)
+        self.corrupt: str | None = None
+        try:
+            self.run_options = RunOptions.from_json(record.options)
+        except (ValueError, TypeError, AttributeError) as exc:
+            # Failed by run(), not here: raising would stop whoever started it (a worker).
+            self.run_options, self.corrupt = RunOptions(), f"corrupt state: {exc}"
         self.env = env
         self.tee = tee
         self.machine = OneshotStateMachine(store, record.id, record.state, worker=worker)
@@ -125,6 +130,10 @@ class OneshotTask:
         if self.reattachment is not None:
             r = self.reattachment
             return await self.reattach(r.child, r.next_seq, r.reason)
+        if self.corrupt is not None:
+            await self.machine.transition(TaskState.FAILED, self.corrupt, error=self.corrupt,
+                                          finished_at=time.time())
+            return TaskResult(self.id, TaskState.FAILED, None, self.corrupt)
         await self.machine.transition(TaskState.RUNNING, "starting", started_at=time.time())
         if self.record.attempt > 1:  # a restart: earlier attempts' output stays stored
             last = await self.store.read_logs(self.id, tail=1)
@@ -165,7 +174,7 @@ class OneshotTask:
         """Store whatever a lost process left in its spool beyond the stored offsets."""
         self._capture_from(child, next_seq)
         async for stream, data in child.output():
-            await self.capture.write(stream, data)
+            await self.capture.write(stream, data, child.offsets[stream])
         await self.capture.flush()
 
     def _capture_from(self, child: ShimProcess, next_seq: int) -> None:
@@ -190,8 +199,9 @@ class OneshotTask:
     async def _finish(self, child: ShimProcess) -> TaskResult:
         info = child.exit_info() or ExitInfo(None, error="the shim died without an exit status")
         now = time.time()
+        notes = child.take_notes()  # e.g. a spool file truncated behind our back
         if info.reason == "stop requested":
-            self.interrupt_reason = "cancelled (oneshot cancel)"
+            self.interrupt_reason = "cancelled (oneshot cancel)" + notes
             result = await self.settle_interrupted(info.code)
         elif info.code is None:
             await self.machine.transition(TaskState.INTERRUPTED, info.error, error=info.error,
@@ -200,6 +210,7 @@ class OneshotTask:
         else:
             state = TaskState.COMPLETED if info.code == 0 else TaskState.FAILED
             reason = describe_exit(info.code) + (f" ({info.reason})" if info.reason else "")
+            reason += notes
             await self.machine.transition(state, reason, exit_code=info.code, finished_at=now,
                                           error=info.reason)
             result = TaskResult(self.id, state, info.code, info.reason)
@@ -227,7 +238,7 @@ class OneshotTask:
                     await self.machine.transition_if(
                         frozenset({TaskState.IDLE}), TaskState.RUNNING, "output resumed"
                     )
-                await self.capture.write(stream, data)
+                await self.capture.write(stream, data, child.offsets[stream])
             helpers.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self.capture.flush()
@@ -237,7 +248,7 @@ class OneshotTask:
         child.stop()
         with anyio.move_on_after(self.run_options.grace + STOP_SLACK):
             async for stream, data in child.output():
-                await self.capture.write(stream, data)
+                await self.capture.write(stream, data, child.offsets[stream])
         await self.capture.flush()
 
     async def _watch_idle(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import shlex
 import shutil
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -115,3 +118,26 @@ def orchestrate(settings: OneshotSettings,
                 return await body(orch)
 
     return anyio.run(main)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[bytes], code: int = 1) -> str:
+    """Exit ``code``, no traceback, one line on stderr; returns it."""
+    err = proc.stderr.decode()
+    assert proc.returncode == code, (proc.args, proc.returncode, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, (proc.args, lines)
+    return lines[0]
+
+
+def damage_log_pages(db: Path) -> None:
+    """Overwrite pages in the middle of a database holding mostly output with garbage."""
+    size = db.stat().st_size
+    with db.open("r+b") as file:
+        file.seek((size // 4096 // 2) * 4096)
+        file.write(random.Random(5).randbytes(4096 * 8))
+
+
+def sh_wait_for_file(path: Path) -> str:
+    """A shell snippet that waits (polling) until ``path`` exists: a command's test-driven pause."""
+    return f"while [ ! -e {shlex.quote(str(path))} ]; do sleep 0.05; done"

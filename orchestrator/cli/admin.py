@@ -11,7 +11,7 @@ from rich.table import Table
 
 from config import OneshotSettings, describe_settings
 from durable import migrate
-from durable.engine import ConnectionOptions, create_null_pool_engine
+from durable.engine import ConnectionOptions, create_null_pool_engine, unsupported_options_refused
 from orchestrator.cli.app import (
     Context,
     async_command,
@@ -53,9 +53,11 @@ def _connection_options(settings: OneshotSettings) -> ConnectionOptions:
 
 
 async def _with_engine(settings: OneshotSettings, action: Callable[[Any], Awaitable[T]]) -> T:
-    engine = create_null_pool_engine(_connection_options(settings))
+    options = _connection_options(settings)
+    engine = create_null_pool_engine(options)
     try:
-        return await action(engine)
+        with unsupported_options_refused(options):
+            return await action(engine)
     finally:
         await engine.dispose()
 

@@ -24,8 +24,10 @@ from orchestrator.orchestrator import AsyncOrchestrator
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-console = Console()
-err_console = Console(stderr=True)
+# No console markup: task names, commands, paths and errors are user text, and a "[/]" in one
+# would be a MarkupError (styles come from Text objects and table styles instead).
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -40,17 +42,53 @@ def async_command(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return anyio.run(functools.partial(fn, *args, **kwargs))
-        except ConfigError as exc:
-            fail(str(exc), 2)
-        except Exception as exc:
+        except Exception as raised:
+            # An error raised inside `async with AsyncOrchestrator(...)` (a task group) arrives
+            # wrapped in an exception group: judge the one error inside, not the group.
+            exc = _single(raised)
+            if isinstance(exc, ConfigError):
+                fail(str(exc), 2)
             # A damaged database file can surface anywhere (a read, a group commit): one line.
-            damaged = damage_message(exc, _database_url(args)) if damage_in(exc) else None
+            damaged = damage_message(raised, _database_url(args)) if damage_in(raised) else None
             if damaged is None and not isinstance(exc, OneshotError):
                 raise
             fail(damaged or str(exc), 1)
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _single(error: BaseException) -> BaseException:
+    """The only exception inside (possibly nested) exception groups, else ``error`` itself."""
+    found = error
+    while isinstance(found, BaseExceptionGroup) and len(found.exceptions) == 1:
+        found = found.exceptions[0]
+    return error if isinstance(found, BaseExceptionGroup) else found
+
+
+class Utf8Text(click.ParamType[str, Any]):
+    """Text the store keeps as text (a name, a queue): bytes that are not UTF-8 (they reach
+    Python as lone surrogates) are a usage error, not a crash in the database driver."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str:
+        text = str(value)
+        if not is_utf8(text):
+            self.fail(f"{text!r} is not valid UTF-8", param, ctx)
+        return text
+
+
+UTF8_TEXT = Utf8Text()
+
+
+def is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _database_url(args: tuple[Any, ...]) -> str | None:

@@ -11,6 +11,7 @@ from durable.records import Stream
 from durable.states import TaskState
 from orchestrator import render
 from orchestrator.cli.app import (
+    UTF8_TEXT,
     Context,
     async_command,
     cli,
@@ -24,17 +25,20 @@ from orchestrator.cli.timeparam import TIME
 from orchestrator.logview import OutputQuery, read_output
 
 STATE_CHOICE = click.Choice([s.value for s in TaskState], case_sensitive=False)
+SQL_INT_MAX = 2**63 - 1
+"""The largest LIMIT the databases take (a larger one overflows the query parameter)."""
 
 
 @cli.command(name="ls")
 @click.option("--state", "states", multiple=True, type=STATE_CHOICE,
               help="Only tasks in this state (repeatable).")
-@click.option("--name", "name", metavar="PATTERN",
+@click.option("--name", "name", type=UTF8_TEXT, metavar="PATTERN",
               help="Only tasks whose name matches this glob (e.g. 'build-*').")
 @click.option("--since", type=TIME, metavar="TIME", help="Only tasks created since TIME.")
 @click.option("--until", type=TIME, metavar="TIME", help="Only tasks created before TIME.")
 @click.option("--oldest-first", is_flag=True, help="Sort oldest first (default: newest first).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=SQL_INT_MAX), default=50,
+              show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_context
 @async_command

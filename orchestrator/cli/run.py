@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from durable.workflow import get_workflow
 from orchestrator.cancel import cancel_task
 from orchestrator.cli.app import (
     IMPORT_OPTION,
+    UTF8_TEXT,
     Context,
     async_command,
     cli,
@@ -24,6 +27,7 @@ from orchestrator.cli.app import (
     fail,
     find_task,
     import_workflows,
+    is_utf8,
     open_store,
     pass_context,
     persistent_settings,
@@ -37,7 +41,29 @@ from orchestrator.orchestrator import AsyncOrchestrator, new_task_id
 from orchestrator.task import TaskResult
 from orchestrator.worker import WorkerOptions, run_worker
 
-SECONDS = click.FloatRange(min=0, min_open=True)
+
+class Seconds(click.ParamType[float, Any]):
+    """A finite number of seconds, above zero (or at least zero with ``zero_ok``): "nan" and
+    "inf" are not durations (click's FloatRange lets both through)."""
+
+    name = "seconds"
+
+    def __init__(self, *, zero_ok: bool = False) -> None:
+        self.zero_ok = zero_ok
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not self.zero_ok):
+            self.fail(f"{value!r} is not a finite number of seconds "
+                      f"{'>= 0' if self.zero_ok else '> 0'}", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 class AdaptiveTimeout(click.ParamType[tuple[float, float, float], Any]):
@@ -49,6 +75,8 @@ class AdaptiveTimeout(click.ParamType[tuple[float, float, float], Any]):
             initial, extend, maximum = (float(part) for part in str(value).split(","))
         except ValueError:
             self.fail("expected INITIAL,EXTEND,MAX in seconds, e.g. 60,30,3600", param, ctx)
+        if not all(map(math.isfinite, (initial, extend, maximum))):
+            self.fail("INITIAL, EXTEND and MAX must be finite numbers", param, ctx)
         if not 0 < initial <= maximum or extend <= 0:
             self.fail("need 0 < INITIAL <= MAX and EXTEND > 0", param, ctx)
         return initial, extend, maximum
@@ -57,7 +85,7 @@ class AdaptiveTimeout(click.ParamType[tuple[float, float, float], Any]):
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options that say how a command runs, shared by `run` and `submit`."""
     decorators = [
-        click.option("--name", help="A name to find the task by."),
+        click.option("--name", type=UTF8_TEXT, help="A name to find the task by."),
         click.option("--cwd", type=click.Path(file_okay=False),
                      help="Working directory of the command."),
         click.option("--timeout", type=SECONDS, help="Stop the command after this many seconds."),
@@ -78,7 +106,7 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-QUEUE_OPTION = click.option("--queue", default="default", show_default=True,
+QUEUE_OPTION = click.option("--queue", type=UTF8_TEXT, default="default", show_default=True,
                             help="The queue workers take it from (`oneshot worker --queue`).")
 
 
@@ -98,7 +126,19 @@ async def enqueue(settings: OneshotSettings, task: NewTask) -> None:
 def command_task(argv: list[str], name: str | None, cwd: str | None, options: RunOptions,
                  queue: str) -> NewTask:
     return NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=argv,
-                   cwd=str(Path(cwd or ".").resolve()), options=options.to_json(), queue=queue)
+                   cwd=checked_cwd(str(Path(cwd or ".").resolve()), cwd),
+                   options=options.to_json(), queue=queue)
+
+
+def checked_cwd(directory: str, given: str | None) -> str:
+    """The task's working directory, which the store keeps as text: a path that is not UTF-8
+    is a usage error here rather than a crash in the database driver."""
+    if not is_utf8(directory):
+        what = "--cwd" if given is not None else "the current directory"
+        hint = "" if given is not None else "; give a UTF-8 one with --cwd"
+        fail(f"{what}: {directory!r} is not valid UTF-8 (the task's directory is stored as "
+             f"text){hint}", 2)
+    return directory
 
 
 @cli.command(context_settings={"ignore_unknown_options": True,
@@ -127,6 +167,7 @@ async def run(obj: Context, name: str | None, no_persist: bool, detach: bool, cw
     if detach:
         await enqueue(settings, command_task(argv, name, cwd, options, queue))
         return
+    checked_cwd(cwd or os.getcwd(), cwd)
     received: list[int] = []
     async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
         watchers.start_soon(stop_on_signal, orch, received)
@@ -200,7 +241,7 @@ def _run_exit_code(result: TaskResult, received: list[int]) -> int:
     if not result.state.is_terminal:
         err_console.print(f"oneshot: task {result.id}: {result.error}; its command keeps "
                           "running and `oneshot recover` (or any worker) carries it on",
-                          highlight=False, markup=False)
+                          highlight=False, markup=False, soft_wrap=True)
         return LET_GO
     if result.exit_code is not None and result.error and "timeout" in result.error:
         return TIMED_OUT
@@ -225,10 +266,10 @@ async def cancel(obj: Context, task_id: str) -> None:
 
 @cli.command()
 @click.option("--concurrency", type=click.IntRange(min=1), help="Tasks run at once.")
-@click.option("--queue", "queues", multiple=True, metavar="NAME",
+@click.option("--queue", "queues", type=UTF8_TEXT, multiple=True, metavar="NAME",
               help="Take tasks from this queue (repeatable; default: ONESHOT_WORKER__QUEUES, "
                    "else 'default').")
-@click.option("--drain-grace", type=click.FloatRange(min=0), metavar="SECONDS",
+@click.option("--drain-grace", type=Seconds(zero_ok=True), metavar="SECONDS",
               help="On SIGTERM, let running tasks finish this long before handing them over "
                    "(default: ONESHOT_WORKER__DRAIN_GRACE).")
 @IMPORT_OPTION

@@ -262,6 +262,12 @@ class Site:
         rows = self.query("SELECT state FROM tasks WHERE id = ?", task_id)
         return rows[0][0] if rows else None
 
+    def stored_offset(self, task_id: str, stream: str = "stdout") -> int:
+        """How far the task's ``stdout.log`` (or ``stderr.log``) is stored (0: no handle)."""
+        column = {"stdout": "stdout_offset", "stderr": "stderr_offset"}[stream]
+        rows = self.query(f"SELECT {column} FROM process_handles WHERE task_id = ?", task_id)
+        return int(rows[0][0]) if rows else 0
+
     def handle_row(self, task_id: str) -> dict[str, Any] | None:
         rows = self.query("SELECT run_dir, attempt FROM process_handles WHERE task_id = ?",
                           task_id)

@@ -33,7 +33,7 @@ from durable.states import TaskState
 from orchestrator.cli.backup import periodic_backup_jobs
 from orchestrator.orchestrator import AsyncOrchestrator
 from orchestrator.progress import ProgressBar
-from tests.support import oneshot_script
+from tests.support import assert_clean_error, damage_log_pages, oneshot_script
 
 TIMEOUT = 30.0
 DAMAGED = "not a usable SQLite database"
@@ -104,16 +104,6 @@ def row_counts(db: Path) -> dict[str, int]:
 def integrity(db: Path) -> list[str]:
     with contextlib.closing(sqlite3.connect(db)) as conn:
         return [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
-
-
-def assert_clean_error(proc: subprocess.CompletedProcess[bytes], code: int = 1) -> str:
-    """Exit ``code``, no traceback, one line on stderr; returns it."""
-    err = proc.stderr.decode()
-    assert proc.returncode == code, (proc.args, proc.returncode, err)
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, (proc.args, lines)
-    return lines[0]
 
 
 # --- backup -------------------------------------------------------------------------------
@@ -333,14 +323,6 @@ def test_a_failing_periodic_backup_does_not_raise(tmp_path: Path,
 # --- damaged files ------------------------------------------------------------------------
 
 
-def damage_log_pages(db: Path) -> None:
-    """Overwrite pages in the middle of a database holding mostly output with garbage."""
-    size = db.stat().st_size
-    with db.open("r+b") as file:
-        file.seek((size // 4096 // 2) * 4096)
-        file.write(random.Random(5).randbytes(4096 * 8))
-
-
 def damage_tasks_table(db: Path) -> None:
     """Overwrite the root pages of the tasks table and its indexes (the header stays valid)."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
@@ -369,6 +351,7 @@ DAMAGE = {
     "random-bytes": lambda db: db.write_bytes(random.Random(1).randbytes(100_000)),
     "text-file": lambda db: db.write_text("name,value\nnot,a database\n"),
     "truncated": truncate_to_half,
+    "truncated-in-the-header": lambda db: os.truncate(db, 50),
     "garbage-tasks-pages": damage_tasks_table,
 }
 COMMANDS = [("ls",), ("show", "last"), ("logs", "last"), ("run", "--", "true"),
@@ -413,7 +396,8 @@ def test_db_check_integrity_reports_ok_on_a_healthy_database(cli: Cli, real_db: 
 # --- repair -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["random-bytes", "truncated", "garbage-tasks-pages"])
+@pytest.mark.parametrize("kind", ["random-bytes", "truncated", "truncated-in-the-header",
+                                  "garbage-tasks-pages"])
 def test_repair_moves_the_damaged_file_aside_and_starts_fresh(
         cli: Cli, real_db: Path, kind: str) -> None:
     """--repair renames the damaged file (bytes intact), says where; the next commands work."""

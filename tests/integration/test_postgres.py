@@ -128,6 +128,19 @@ def oneshot(*args: str, url: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
+def test_a_connection_option_the_driver_does_not_take_is_one_line_with_secrets_masked(
+        pg_url: str) -> None:
+    """`?sslmode=` (libpq's, not asyncpg's) or a typo: every command says which option, in one
+    line naming the URL, with ``?password=`` masked like the URL's own password."""
+    url = f"{pg_url}?sslmode=require&password=hunter2"
+    for command in (("ls",), ("db", "check"), ("db", "upgrade")):
+        done = oneshot(*command, url=url)
+        assert done.returncode == 1, done.stderr
+        assert "unsupported connection option" in done.stderr and "sslmode" in done.stderr
+        assert "hunter2" not in done.stderr and "password=***" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_db_upgrade_and_check_on_a_server_database(fresh_database: str) -> None:
     """`oneshot db check` reports a new database behind (exit 1); `db upgrade` migrates it;
     then the check passes."""

@@ -21,13 +21,21 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from durable.engine import ConnectionOptions
-from durable.exceptions import DatabaseUnavailable, StateConflict, StoreError, TaskNotFound
+from durable.exceptions import (
+    CorruptTask,
+    DatabaseUnavailable,
+    StateConflict,
+    StoreError,
+    TaskNotFound,
+)
 from durable.persistence import PersistenceManager
 from durable.records import LogFragment, NewTask, Stream, Transition, WorkerRecord
 from durable.states import TaskState
 from durable.store import Store
+from tests.support import persisted_only
 
 Run = Callable[[Store, Callable[[Store], Awaitable[Any]]], Any]
 NewTaskFactory = Callable[..., NewTask]
@@ -436,6 +444,32 @@ def test_log_bytes_round_trip_any_bytes(
 
 
 # -- queue ----------------------------------------------------------------------------------
+
+
+@persisted_only
+def test_a_claimed_row_that_cannot_be_read_is_failed_and_the_queue_goes_on(
+    store: Store, run: Run, new_task: NewTaskFactory
+) -> None:
+    """A queued row whose argv is not JSON could never run: the claim that takes it fails it
+    (FAILED, "corrupt state") in the same transaction and hands out the next task instead of
+    the same row forever. Reading it back is one clear error, not a crash."""
+    bad, good = new_task(name="bad"), new_task(name="good")
+
+    async def body(store: Store) -> None:
+        await create_spaced(store, [bad, good])
+        async with store.engine.begin() as conn:  # type: ignore[attr-defined]
+            await conn.execute(text("UPDATE tasks SET argv = '[\"true\", ' WHERE id = :id"),
+                               {"id": bad.id})
+        with pytest.raises(CorruptTask, match="its stored row is corrupt"):
+            await store.get_task(bad.id)
+        claimed = await store.claim(worker="w1", limit=5)
+        assert [r.name for r in claimed] == ["good"]
+        assert await store.claim(worker="w1", limit=5) == []
+        history = await store.history(bad.id)
+        assert history[-1].to_state is TaskState.FAILED
+        assert (history[-1].reason or "").startswith("corrupt state: ")
+
+    run(store, body)
 
 
 def test_claim_takes_the_oldest_unowned_created_tasks_of_its_queues_once(
