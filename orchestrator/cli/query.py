@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from config.settings import SQL_INT_MAX
 from durable.records import Stream
 from durable.states import TaskState
 from orchestrator import render
@@ -25,8 +26,6 @@ from orchestrator.cli.timeparam import TIME
 from orchestrator.logview import OutputQuery, read_output
 
 STATE_CHOICE = click.Choice([s.value for s in TaskState], case_sensitive=False)
-SQL_INT_MAX = 2**63 - 1
-"""The largest LIMIT the databases take (a larger one overflows the query parameter)."""
 
 
 @cli.command(name="ls")
