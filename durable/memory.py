@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
@@ -25,7 +24,13 @@ from durable.records import (
     WorkerStatus,
 )
 from durable.states import TaskState
-from durable.store import SpoolOffsets, TaskCursor, is_valid_id_prefix, resolve_prefix
+from durable.store import (
+    SpoolOffsets,
+    TaskCursor,
+    glob_matches,
+    is_valid_id_prefix,
+    resolve_prefix,
+)
 
 
 class MemoryStore:
@@ -178,7 +183,7 @@ class MemoryStore:
         rows = [
             r for r in self._tasks.values()
             if (states is None or r.state in states)
-            and (name is None or fnmatch.fnmatchcase((r.name or "").lower(), name.lower()))
+            and (name is None or glob_matches(name, r.name or ""))
             and (since is None or r.created_at >= since)
             and (until is None or r.created_at < until)
             and (cursor is None or ((r.created_at, r.id) > cursor if oldest_first

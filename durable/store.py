@@ -15,6 +15,8 @@ new state as soon as the call returns, and never before. Writes for a task the s
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -179,6 +181,18 @@ def glob_to_like(pattern: str) -> str:
     """A shell glob (``*``, ``?``) as a LIKE pattern with ``\\`` as the escape character."""
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def glob_matches(pattern: str, name: str) -> bool:
+    """What ``LIKE glob_to_like(pattern)`` answers on SQLite, in Python (the memory store):
+    ``*`` and ``?`` are the only wildcards (``[`` is literal), and case is ignored for ASCII
+    letters only."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c)
+                    for c in pattern.translate(_ASCII_LOWER))
+    return re.fullmatch(regex, name.translate(_ASCII_LOWER), re.DOTALL) is not None
 
 
 def resolve_prefix(task_id: str, candidates: Sequence[str]) -> str:

@@ -18,11 +18,11 @@ Run = Callable[[Store, Callable[[Store], Awaitable[Any]]], Any]
 
 def test_list_tasks_filters_by_name_glob_and_time(store: Store, run: Run,
                                                   new_task: Callable[..., NewTask]) -> None:
-    """Name globs match whole names (`*`, `?`, literal `_`/`%`) in any ASCII case; since/until
-    bound creation."""
+    """Name globs match whole names (`*`, `?`; literal `_`, `%` and `[`) in any ASCII case, the
+    same on every store; since/until bound creation."""
 
     async def body(s: Store) -> dict[str, list[str | None]]:
-        for name in ("build-1", "build-2", "test_1", "test%1", "deploy"):
+        for name in ("build-1", "build-2", "test_1", "test%1", "deploy", "a[b]", "ab"):
             await s.create_task(new_task(name=name))
             await anyio.sleep(0.002)
         middle = time.time()
@@ -36,6 +36,7 @@ def test_list_tasks_filters_by_name_glob_and_time(store: Store, run: Run,
             "any case": await names(name="BUILD-*"),
             "one char": await names(name="test?1"),
             "literal underscore": await names(name="test_*"),
+            "literal bracket": await names(name="a[b]"),
             "since": await names(since=middle),
             "until": await names(until=middle, name="build-*"),
             "oldest first": await names(name="build-*", oldest_first=True, limit=2),
@@ -46,6 +47,7 @@ def test_list_tasks_filters_by_name_glob_and_time(store: Store, run: Run,
     assert found["any case"] == found["glob"]
     assert sorted(n or "" for n in found["one char"]) == ["test%1", "test_1"]
     assert found["literal underscore"] == ["test_1"]
+    assert found["literal bracket"] == ["a[b]"]
     assert found["since"] == ["build-3"]
     assert found["until"] == ["build-2", "build-1"]
     assert found["oldest first"] == ["build-1", "build-2"]
