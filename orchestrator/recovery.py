@@ -154,6 +154,11 @@ async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord, facts: Facts
     next_seq = facts.next_seqs.get(record.id, 0)
     if evidence.verdict in ("alive", "finished"):
         assert evidence.child is not None
+        if record.id not in facts.handles:
+            # Its owner died between the launch and recording the process: record it now,
+            # so the offsets this reattachment stores survive it (a later takeover must read
+            # on from them, not from the start of the spool again).
+            await orch.store.save_process(evidence.child.handle(record.id, record.attempt))
         reason = (f"reattached to pid {evidence.child.pid}{evidence.child.take_notes()}"
                   if evidence.verdict == "alive" else evidence.cause)
         return orch.start_task(record, reattach=Reattachment(

@@ -352,3 +352,22 @@ def test_task_whose_launch_was_interrupted_runs_again(site: Site, crashed_in: st
     assert "launch was interrupted" in (history[-3].reason or "")
     assert len(side.read_text().splitlines()) == 1
     assert site.stored_logs(task_id) == pattern(4)
+
+
+def test_a_reattachment_whose_process_was_never_recorded_survives_a_second_crash(
+        site: Site) -> None:
+    """The first orchestrator died between the launch and recording the process; the one that
+    reattaches records it, so when that one dies too, the next recovery reads on from the
+    stored offsets: every byte stored once."""
+    side = site.root / "side"
+    [task_id] = site.orphan_runs(
+        {"task": (pattern_command(side, 0, 40, 0.05), [])}).values()
+    site.execute("DELETE FROM process_handles WHERE task_id = ?", task_id)
+    site.execute("DELETE FROM log_fragments WHERE task_id = ?", task_id)
+    first = site.start_cli("recover")
+    wait_for(lambda: site.stored_offset(task_id) > 0, "the first recoverer to store output")
+    site.kill(first)
+    site.recover()
+    assert site.state(task_id) == "COMPLETED"
+    assert site.stored_logs(task_id) == pattern(40)
+    assert len(side.read_text().splitlines()) == 1

@@ -188,7 +188,8 @@ def assert_each_ran_once(results: dict[str, tuple[TaskRecord, list[Transition], 
         tag = tags[task_id]
         if record.kind == TaskKind.COMMAND:
             assert command_runs[tag] == 1, (tag, history)
-            assert output == f"out {tag}\n".encode(), (tag, output)
+            assert output == f"out {tag}\n".encode(), (tag, output, [
+                (row.worker, row.to_state.value, row.reason, row.at) for row in history])
         else:
             assert record.result == str(fleet_app.EXPECTED_RESULT)
             counts = [workflow_effects[f"{tag} {k}"] for k in range(1, 6)]
