@@ -126,11 +126,19 @@ def _check_text(text: str, what: str) -> str:
     that is not UTF-8 (undecodable bytes from the environment arrive as lone surrogates)."""
     if "\x00" in text:
         raise ValueError(f"{what} contains a NUL character")
+    if not is_utf8(text):
+        raise ValueError(f"{what} is not valid UTF-8")
+    return text
+
+
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be stored as text: bytes that are not UTF-8 (from the environment,
+    argv or a file name) reach Python as lone surrogates, which no encoder takes."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError(f"{what} is not valid UTF-8") from None
-    return text
+        return False
+    return True
 
 
 def _text_item(value: str) -> str:

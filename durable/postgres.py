@@ -44,7 +44,7 @@ from durable.records import (
 from durable.sql_reads import SqlReads
 from durable.states import TaskState
 from durable.store import SpoolOffsets
-from durable.transient import retrying
+from durable.transient import retried
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -126,12 +126,11 @@ class PostgresStore(SqlReads, FencedWrites):
         """
         with anyio.CancelScope(shield=True), self._driver_errors():
             try:
-                async for attempt in retrying(_rolled_back, "write", self.options.retry_seconds):
-                    with attempt:
-                        return await self._transaction(op, *args, **kwargs)
+                return await retried(lambda: self._transaction(op, *args, **kwargs),
+                                     _rolled_back, "write", self.options.retry_seconds)
             except _RolledBack as exc:
                 raise exc.error from None
-        raise AssertionError("tenacity stopped without an outcome")
+        raise AssertionError("unreachable: the shield does not swallow errors")
 
     async def _transaction(self, op: Callable[Concatenate[AsyncConnection, P], Awaitable[T]],
                            *args: P.args, **kwargs: P.kwargs) -> T:

@@ -52,7 +52,7 @@ from durable.store import (
     is_valid_id_prefix,
     resolve_prefix,
 )
-from durable.transient import retrying
+from durable.transient import retried
 
 IN_LIST_CHUNK = 500
 """Ids per ``IN (...)`` list: well under SQLite's bound-parameter limit (and PostgreSQL's)."""
@@ -80,12 +80,14 @@ class SqlReads:
         # the pool may hand it to the next write ("another operation is in progress"); a read
         # is short, so the cancellation simply takes effect once it returns.
         with anyio.CancelScope(shield=True), self._driver_errors():
-            async for attempt in retrying(is_transient, "read", self.options.retry_seconds):
-                with attempt:
-                    async with self.engine.connect() as conn:
-                        result = await conn.execute(statement)
-                        rows: list[Mapping[str, Any]] = [dict(r) for r in result.mappings()]
+            rows = await retried(lambda: self._fetch_once(statement), is_transient, "read",
+                                 self.options.retry_seconds)
         return rows
+
+    async def _fetch_once(self, statement: Any) -> list[Mapping[str, Any]]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(statement)
+            return [dict(row) for row in result.mappings()]
 
     def _name_matches(self, pattern: str) -> ColumnElement[bool]:
         """``tasks.name`` matches the glob ``pattern``, ignoring case as SQLite's LIKE does.

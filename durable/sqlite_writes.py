@@ -37,7 +37,7 @@ from durable.rows import (
 )
 from durable.states import TERMINAL_STATES, TaskState
 from durable.store import SpoolOffsets
-from durable.transient import retrying_in_thread
+from durable.transient import retried_in_thread
 
 _INSERT_TASK = (
     "INSERT INTO tasks (id, name, kind, argv, cwd, workflow, input, queue, state, created_at,"
@@ -330,10 +330,8 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[WriteOp],
     rolled back) and is run again for up to ``retry_seconds``; meanwhile new writes queue up
     behind it.
     """
-    for attempt in retrying_in_thread(is_transient, "write", retry_seconds):
-        with attempt:
-            return _apply_once(conn, ops)
-    raise AssertionError("tenacity stopped without an outcome")
+    return retried_in_thread(lambda: _apply_once(conn, ops), is_transient, "write",
+                             retry_seconds)
 
 
 def _apply_once(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:

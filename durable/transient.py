@@ -11,8 +11,8 @@ batches, which are rolled back whole (see :func:`durable.sqlite_writes.apply_bat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -27,18 +27,52 @@ from durable.engine import driver_message
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 Transient = Callable[[BaseException], bool]
 
 
-def retrying(transient: Transient, what: str, seconds: float) -> AsyncRetrying:
-    """A tenacity retrier for ``what`` ("read", "write") that retries the exceptions for which
-    ``transient`` is true for up to ``seconds``, then re-raises the last one."""
-    return AsyncRetrying(**_policy(transient, what, seconds))
+async def retried(op: Callable[[], Awaitable[T]], transient: Transient, what: str,
+                  seconds: float) -> T:
+    """``op()``; if it raises an exception for which ``transient`` is true, run it again (and
+    log each retry) for up to ``seconds``, then re-raise the last failure.
+
+    The first attempt runs bare: almost every call succeeds at once, and it is a hot path (a
+    read, a commit), so the tenacity retrier is built only once something failed. The retrier
+    then starts from that failure: it logs it, waits, and counts it as attempt 1.
+    """
+    try:
+        return await op()
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        first = exc
+    replayed = False
+    async for attempt in AsyncRetrying(**_policy(transient, what, seconds)):
+        with attempt:
+            if not replayed:
+                replayed = True
+                raise first
+            return await op()
+    raise AssertionError("tenacity stopped without an outcome")
 
 
-def retrying_in_thread(transient: Transient, what: str, seconds: float) -> Retrying:
+def retried_in_thread(op: Callable[[], T], transient: Transient, what: str,
+                      seconds: float) -> T:
     """The same, blocking: for SQLite's writer thread."""
-    return Retrying(**_policy(transient, what, seconds))
+    try:
+        return op()
+    except Exception as exc:
+        if not transient(exc):
+            raise
+        first = exc
+    replayed = False
+    for attempt in Retrying(**_policy(transient, what, seconds)):
+        with attempt:
+            if not replayed:
+                replayed = True
+                raise first
+            return op()
+    raise AssertionError("tenacity stopped without an outcome")
 
 
 def _policy(transient: Transient, what: str, seconds: float) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from config import ConfigError, OneshotSettings, load_settings
+from config.settings import is_utf8
 from durable.backup import damage_in, damage_message
 from durable.exceptions import OneshotError, TaskNotFound
 from durable.persistence import store_from_settings
@@ -81,14 +82,6 @@ class Utf8Text(click.ParamType[str, Any]):
 
 
 UTF8_TEXT = Utf8Text()
-
-
-def is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _database_url(args: tuple[Any, ...]) -> str | None:

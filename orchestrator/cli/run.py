@@ -12,6 +12,7 @@ import anyio
 import click
 
 from config import OneshotSettings
+from config.settings import is_utf8
 from durable.exceptions import SerializationError, WorkflowNotRegistered
 from durable.records import NewTask, TaskKind
 from durable.states import TaskState
@@ -27,7 +28,6 @@ from orchestrator.cli.app import (
     fail,
     find_task,
     import_workflows,
-    is_utf8,
     open_store,
     pass_context,
     persistent_settings,
