@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -670,15 +671,24 @@ def test_worker_prunes_periodically(database: Database) -> None:
     env = {"ONESHOT_RETENTION__INTERVAL": "0.2", "ONESHOT_RETENTION__KEEP_LAST": "0",
            "ONESHOT_RECOVERY__ON_STARTUP": "false"}
     worker = subprocess.Popen([oneshot_script(), "worker"], env=cli_env(database, env),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert worker.stderr is not None
+    lines: list[str] = []
+    # The prune reports after its last commit: wait for the report, not only for the rows to
+    # go, or the SIGTERM may cancel the job between the two.
+    reader = threading.Thread(target=lambda: lines.extend(worker.stderr or ()), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 20
-        while task_ids(database) and time.monotonic() < deadline:
+        while not any("pruned" in line for line in lines) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert task_ids(database) == set()
     finally:
         worker.send_signal(signal.SIGTERM)
-        _, err = worker.communicate(timeout=20)
+        worker.wait(timeout=20)
+        reader.join(timeout=20)
+        worker.stderr.close()
+    err = "".join(lines)
     assert "pruned 3 tasks" in err
     assert_no_orphans(database)
 
