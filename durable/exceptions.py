@@ -86,10 +86,21 @@ class CommandNotFound(OneshotError):
 
 
 class SerializationError(OneshotError):
-    """A value cannot be stored as JSON; nothing was committed."""
+    """A value cannot be stored as JSON so that it comes back as itself; nothing was
+    committed. ``problem`` names the type (and where it sits in the value)."""
 
     def __init__(self, what: str, problem: str) -> None:
         super().__init__(f"cannot serialize {what}: {problem}")
+        self.what = what
+        self.problem = problem
+
+
+class DeserializationError(SerializationError):
+    """A stored value cannot be rebuilt here (its class is gone or cannot be imported, or the
+    stored JSON is damaged)."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        OneshotError.__init__(self, f"cannot rebuild {what}: {problem}")
         self.what = what
         self.problem = problem
 
@@ -109,14 +120,23 @@ class NonDeterminismError(OneshotError):
 
 
 class StepFailed(OneshotError):
-    """A step failed earlier and its error cannot be rebuilt as the original exception type."""
+    """Stands for a step's exception that cannot be stored and rebuilt as itself (see
+    docs/workflows.md, "Replay"): the first run raises it (chained from the original) and every
+    replay raises it again, with the same attributes.
 
-    def __init__(self, name: str, seq: int, error_type: str, message: str) -> None:
+    ``error_type`` is the original's qualified type name (``module.QualName``), ``message``
+    its ``str()``, ``error_args`` its ``args``, each as itself when it can be stored, else as
+    its ``repr()``.
+    """
+
+    def __init__(self, name: str, seq: int, error_type: str, message: str,
+                 error_args: tuple[object, ...] = ()) -> None:
         super().__init__(f"step {seq} {name!r} failed: {error_type}: {message}")
         self.name = name
         self.seq = seq
         self.error_type = error_type
         self.message = message
+        self.error_args = tuple(error_args)
 
 
 class WorkflowFailed(OneshotError):

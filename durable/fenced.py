@@ -94,11 +94,13 @@ class FencedWrites(ABC):
         reason: str | None = None,
         worker: str | None = None,
         fields: Mapping[str, Any] | None = None,
+        takeover_from: int | None = None,
     ) -> Transition:
         fields = dict(fields or {})
-        # A move that sets the owner is a takeover (or a release): guarded by state alone, so
-        # a worker may take over a task it once held and lost, like any other orphan.
-        fence = None if "owner" in fields else self.holdings.fence(task_id)
+        # A move that sets the owner is a takeover (or a release): guarded by the token the
+        # taker read (or state alone), never by what this store holds, so a worker may take
+        # over a task it once held and lost, like any other orphan.
+        fence = takeover_from if "owner" in fields else self.holdings.fence(task_id)
         with self._losing():
             row, fence = await self._move(task_id, from_state, to_state, reason, worker, fields,
                                           fence)

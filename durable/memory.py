@@ -80,13 +80,15 @@ class MemoryStore:
         reason: str | None = None,
         worker: str | None = None,
         fields: Mapping[str, Any] | None = None,
+        takeover_from: int | None = None,
     ) -> Transition:
         fields = dict(fields or {})
         unknown = set(fields) - TASK_UPDATABLE_FIELDS
         if unknown:
             raise StoreError(f"cannot set {sorted(unknown)} with a transition")
         current = self._tasks.get(task_id)
-        if current is None or current.state != from_state:
+        if (current is None or current.state != from_state
+                or (takeover_from is not None and current.fence != takeover_from)):
             raise StateConflict(task_id, from_state, current.state if current else None)
         now = time.time()
         if "owner" in fields:

@@ -14,9 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from durable.records import TaskRecord, TaskRef
+from durable.records import TaskKind, TaskRecord, TaskRef
 from durable.states import TaskState
 from durable.store import Store
+
+WAITING_REASON = "waiting for a process that registers it"
+"""Why an orphaned workflow is left RECOVERING without an owner: no process that recovered it
+knew its name (see ``orchestrator.recovery``)."""
 
 LIVE_OWNERS: set[str] = set()
 """Owner ids of the orchestrators open in this process."""
@@ -25,6 +29,12 @@ FOLLOWED_TASKS: set[str] = set()
 """Ids of the tasks an orchestrator of this process is running or following right now: never
 orphans here, even when a heartbeat is late. A task this process let go of (its writes failed,
 say) is not in it, and is recovered like any other once its lease has passed."""
+
+
+def waiting_for_registration(record: TaskRecord) -> bool:
+    """Whether a workflow waits, unowned, for a process that registers its name."""
+    return (record.kind == TaskKind.WORKFLOW and record.state is TaskState.RECOVERING
+            and record.owner is None)
 
 
 def owner_is_gone(owner: str) -> bool:

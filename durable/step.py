@@ -14,30 +14,65 @@ from __future__ import annotations
 import functools
 import inspect
 import time
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import anyio
 
-from durable.context import WorkflowContext, current_workflow, default_retry_policy
+from durable.context import (
+    StepCall,
+    WorkflowContext,
+    current_step,
+    current_workflow,
+    default_retry_policy,
+)
 from durable.exceptions import NonDeterminismError
+from durable.naming import qualified_name
 from durable.records import StepCheckpoint, StepStatus
 from durable.retry import RetryPolicy
-from durable.serialization import dump, dump_error, load, rebuild_error, return_type
+from durable.serialization import (
+    dump,
+    dump_error,
+    encode_error,
+    load,
+    rebuild_error,
+    return_type,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 class DurableStep(Generic[P, R]):
+    """A decorated step. On a class it binds as Python binds the function it wraps: an
+    instance method gets ``self``, a ``classmethod`` (``@durable`` above or below it) ``cls``,
+    a ``staticmethod`` nothing; the step's name is ``module.Class.method`` either way."""
+
     def __init__(self, fn: Callable[P, Any], *, name: str | None = None,
                  retry: RetryPolicy | None = None) -> None:
+        self.binds_class = isinstance(fn, classmethod)
+        self.binds_instance = not isinstance(fn, classmethod | staticmethod)
+        if isinstance(fn, classmethod | staticmethod):
+            fn = fn.__func__
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(f"@durable cannot make a step of the generator function "
+                            f"{qualified_name(fn)}: a step's result is stored, so it must "
+                            "return a value (collect the items in a list)")
         self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.name = name or qualified_name(fn)
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
         self.result_type = return_type(fn)
         functools.update_wrapper(self, fn)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        """Bind ``self`` (or ``cls``) as a method call would; on the class, the step itself."""
+        if self.binds_class:
+            return types.MethodType(self, owner if owner is not None else type(instance))
+        if self.binds_instance and instance is not None:
+            return types.MethodType(self, instance)
+        return self
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
         ctx = current_workflow.get()
@@ -60,19 +95,26 @@ class DurableStep(Generic[P, R]):
             if recorded.name != self.name:
                 raise NonDeterminismError(ctx.task_id, seq, recorded.name, self.name)
             if recorded.status == StepStatus.COMPLETED:
-                value: R = load(recorded.result or "null", self.result_type)
+                value: R = load(recorded.result or "null",
+                                f"the stored result of step {seq} {self.name!r}")
                 return value
             raise rebuild_error(recorded.error or "{}", self.name, seq)
         started = time.time()
-        attempts, value, error, last_error = await self._attempts(
-            self.retry or ctx.default_retry, args, kwargs
-        )
+        call = current_step.set(StepCall(ctx.task_id, seq))
+        try:
+            attempts, value, error, last_error = await self._attempts(
+                self.retry or ctx.default_retry, args, kwargs
+            )
+        finally:
+            current_step.reset(call)
+        rebuildable = True
         if error is None:
-            result = dump(value, self.result_type, f"the result of step {self.name!r}")
+            result = dump(value, f"the result of step {self.name!r}")
             status, stored_error = StepStatus.COMPLETED, (
                 dump_error(last_error) if last_error is not None else None)
         else:
-            result, status, stored_error = None, StepStatus.FAILED, dump_error(error)
+            result, status = None, StepStatus.FAILED
+            stored_error, rebuildable = encode_error(error)
         checkpoint = StepCheckpoint(
             task_id=ctx.task_id, seq=seq, name=self.name, status=status, started_at=started,
             finished_at=time.time(), attempts=attempts, result=result, error=stored_error,
@@ -80,7 +122,10 @@ class DurableStep(Generic[P, R]):
         with anyio.CancelScope(shield=True):
             await ctx.store.save_step(checkpoint)
         if error is not None:
-            raise error
+            if rebuildable:
+                raise error
+            # Replay cannot rebuild it: the first run raises what every replay will.
+            raise rebuild_error(stored_error or "{}", self.name, seq) from error
         return value
 
     async def _attempts(self, policy: RetryPolicy, args: tuple[Any, ...],

@@ -65,6 +65,7 @@ class Store(Protocol):
         reason: str | None = None,
         worker: str | None = None,
         fields: Mapping[str, Any] | None = None,
+        takeover_from: int | None = None,
     ) -> Transition:
         """Move a task from ``from_state`` to ``to_state`` in one transaction.
 
@@ -72,6 +73,12 @@ class Store(Protocol):
         :data:`durable.records.TASK_UPDATABLE_FIELDS`) only if the task is still in
         ``from_state``; otherwise raises :class:`durable.exceptions.StateConflict` and writes
         nothing. Legality of the move is the state machine's business, not the store's.
+
+        A move that sets ``owner`` is a takeover (or a release) and gives the task a new
+        fencing token. ``takeover_from`` is the token the taker read: the move is made only if
+        the task still carries it (else StateConflict or LeaseLost, nothing written), so two
+        recoverers that read the same orphan can never both take it — even when the first
+        has already moved it back to the state the second read.
         """
 
     async def append_logs(

@@ -88,8 +88,8 @@ async def start() -> None:
 
 
 async def resume() -> None:
-    async with AsyncOrchestrator() as orch:
-        handles = await orch.recover()
+    async with AsyncOrchestrator() as orch:  # resumes interrupted workflows as it opens
+        handles = orch.resumed
         if not handles:
             print("nothing to resume", flush=True)
         for handle in handles:

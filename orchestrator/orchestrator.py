@@ -22,7 +22,7 @@ import platformdirs
 from anyio.abc import TaskGroup
 
 from config import OneshotSettings, load_settings
-from durable.context import current_runtime, default_retry_policy
+from durable.context import current_runtime, current_workflow, default_retry_policy
 from durable.engine import ConnectionOptions
 from durable.exceptions import (
     LeaseLost,
@@ -43,6 +43,7 @@ from orchestrator.logcapture import Tee
 from orchestrator.logview import OutputQuery, read_output
 from orchestrator.options import RunOptions
 from orchestrator.recovery import recover_orphans
+from orchestrator.slot import Slot
 from orchestrator.states import OneshotStateMachine
 from orchestrator.task import CaptureOptions, LetGo, OneshotTask, Reattachment, TaskResult
 from orchestrator.workflow_task import WorkflowTask, describe_error
@@ -81,8 +82,16 @@ class TaskHandle:
     _cancel_scope: anyio.CancelScope | None = None
 
     async def outcome(self) -> TaskResult:
-        """The task's final state, exit code, error and (for workflows) result JSON."""
-        await self._done.wait()
+        """The task's final state, exit code, error and (for workflows) result JSON.
+
+        Awaited inside a workflow, the workflow gives its concurrency slot back meanwhile."""
+        if not self._done.is_set():
+            ctx = current_workflow.get()
+            if ctx is None:
+                await self._done.wait()
+            else:
+                async with ctx.waiting():
+                    await self._done.wait()
         assert self._result is not None
         return self._result
 
@@ -115,21 +124,26 @@ class WorkflowHandle(TaskHandle):
         outcome = await self.outcome()
         if outcome.state is not TaskState.COMPLETED:
             raise WorkflowFailed(self.id, outcome.state.value, describe_error(outcome.error))
-        return load(outcome.result or "null", self.result_type)
+        return load(outcome.result or "null", f"the result of workflow task {self.id}")
 
 
 class AsyncOrchestrator:
     """Opens the store, runs tasks under a capacity limit, and shuts down cleanly.
 
     ``async with AsyncOrchestrator() as orch:`` reads settings (env, file), opens and migrates
-    the store. Inside the block, calling a ``@workflow`` runs it durably. Leaving the block
+    the store and, with ``recovery.on_startup`` (or ``resume_workflows=True``), resumes the
+    interrupted workflows registered in this process, as a program started again after a
+    crash expects (commands are recovered by ``oneshot recover`` or a worker). Inside the
+    block, calling a ``@workflow`` runs it durably. Leaving the block
     waits for the tasks started in it; an exception or :meth:`shutdown` interrupts them
     instead, each recorded as INTERRUPTED with the reason.
     """
 
     def __init__(self, settings: OneshotSettings | None = None, *, store: Store | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, resume_workflows: bool | None = None) -> None:
         self.settings = settings if settings is not None else load_settings()
+        self.resume_workflows = (self.settings.recovery.on_startup if resume_workflows is None
+                                 else resume_workflows)
         self.store = store if store is not None else store_from_settings(self.settings)
         self.worker_id = worker_id or new_worker_id()
         self.lease_seconds = self.settings.worker.lease_seconds
@@ -150,6 +164,8 @@ class AsyncOrchestrator:
         self._services: TaskGroup | None = None
         self._task_ended = anyio.Event()
         self._context_tokens: list[contextvars.Token[Any]] = []
+        self.resumed: list[TaskHandle] = []
+        """The interrupted workflows this orchestrator resumed as it opened."""
 
     def _spool_dir(self) -> Path:
         """Where shims spool output: configured, beside the SQLite file, or (persistence off)
@@ -178,6 +194,12 @@ class AsyncOrchestrator:
         LIVE_OWNERS.add(self.worker_id)
         self._context_tokens = [current_runtime.set(self),
                                 default_retry_policy.set(self.default_retry)]
+        if self.resume_workflows and self.settings.persistence.enabled:
+            try:
+                self.resumed = await recover_orphans(self, workflows_only=True)
+            except BaseException as exc:
+                await self.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -216,9 +238,11 @@ class AsyncOrchestrator:
         env: Mapping[str, str] | None = None,
         tee: Tee | None = None,
         options: RunOptions | None = None,
+        task_id: str | None = None,
     ) -> TaskHandle:
         """Create a command task (committed, owned by this orchestrator) and start it."""
-        task = NewTask(id=new_task_id(), kind=TaskKind.COMMAND, name=name, argv=list(argv),
+        task = NewTask(id=task_id or new_task_id(), kind=TaskKind.COMMAND, name=name,
+                       argv=list(argv),
                        cwd=cwd or os.getcwd(), owner=self.worker_id,
                        lease_expires_at=self.lease_expiry(),
                        options=(options or RunOptions()).to_json())
@@ -266,23 +290,26 @@ class AsyncOrchestrator:
         if self._group is None:
             raise RuntimeError("use AsyncOrchestrator inside `async with`")
         handle: TaskHandle
+        limiter: Slot | anyio.CapacityLimiter | contextlib.nullcontext[None]
         if record.kind == TaskKind.WORKFLOW:
             runner = WorkflowTask(self.store, record, default_retry=self.default_retry,
                                   worker=self.worker_id)
             handle = WorkflowHandle(record.id, runner, result_type=_result_type(record))
+            limiter = runner.slot = Slot(self.limiter)
         else:
             handle = TaskHandle(record.id, OneshotTask(
                 self.store, record, options=self.capture_options, env=env, tee=tee,
                 worker=self.worker_id, reattach=reattach, holds_lease=self.holds_leases))
+            # A reattached command is already running: following it takes no capacity.
+            limiter = self.limiter if reattach is None else contextlib.nullcontext()
         self._handles[record.id] = handle
         FOLLOWED_TASKS.add(record.id)
-        # A reattached command is already running: following it takes no capacity.
-        limiter = self.limiter if reattach is None else contextlib.nullcontext()
         self._group.start_soon(self._run_task, handle, limiter, name=f"task {record.id}")
         return handle
 
     async def _run_task(self, handle: TaskHandle,
-                        limiter: anyio.CapacityLimiter | contextlib.nullcontext[None]) -> None:
+                        limiter: Slot | anyio.CapacityLimiter | contextlib.nullcontext[None]
+                        ) -> None:
         runner = handle._runner
         try:
             try:

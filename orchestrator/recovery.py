@@ -35,10 +35,16 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from durable.exceptions import StateConflict, StoreError
+from durable.exceptions import LeaseLost, StateConflict, StoreError
 from durable.records import ProcessHandle, TaskKind, TaskRecord
-from durable.recovery import _is_zombie, find_orphans
+from durable.recovery import (
+    WAITING_REASON,
+    _is_zombie,
+    find_orphans,
+    waiting_for_registration,
+)
 from durable.states import TaskState
+from durable.workflow import get_workflow, is_registered
 from orchestrator.options import RunOptions
 from orchestrator.process import LAUNCH_TIMEOUT, ShimProcess, current_boot_id, run_dir_for
 from orchestrator.shim import proc_start_time
@@ -71,10 +77,12 @@ class Evidence:
     child: ShimProcess | None = None
 
 
-async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
-                          ) -> list[TaskHandle]:
-    """Take over every orphaned task (or just task ``only``); returns the handles of the
-    tasks resumed here. Orphans are handled concurrently, so their commits are grouped."""
+async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None, *,
+                          workflows_only: bool = False) -> list[TaskHandle]:
+    """Take over every orphaned task (or just task ``only``, or only workflows); returns the
+    handles of the tasks resumed here. Orphans are handled concurrently, so their commits are
+    grouped. A workflow whose name is not registered in this process is never ended here: it
+    is left waiting (see :func:`_leave_waiting`) for a process that registers it."""
     orphans = await find_orphans(orch.store)
     for ref, problem in orphans.corrupt:
         if only is None or ref.id == only:
@@ -92,7 +100,11 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
 
     async with anyio.create_task_group() as group:
         for record in orphans.tasks:
-            if only is None or record.id == only:
+            if only is not None and record.id != only:
+                continue
+            if record.kind == TaskKind.WORKFLOW and not is_registered(record.workflow or ""):
+                group.start_soon(_leave_waiting, orch, record)
+            elif record.kind == TaskKind.WORKFLOW or not workflows_only:
                 group.start_soon(take, record)
     # Read after the takeovers, in two queries for all: the fence moved with each takeover,
     # so a previous owner that is only paused can no longer add output behind these facts.
@@ -117,6 +129,27 @@ async def recover_orphans(orch: AsyncOrchestrator, only: str | None = None
     return handles
 
 
+async def _leave_waiting(orch: AsyncOrchestrator, record: TaskRecord) -> None:
+    """Leave an orphaned workflow this process cannot run RECOVERING without an owner (a new
+    fencing token stops a paused owner), saying why; any process that registers its name takes
+    it from there. Already waiting: nothing is written again."""
+    if waiting_for_registration(record):
+        return
+    try:
+        await orch.store.transition(
+            record.id, record.state, TaskState.RECOVERING, worker=orch.worker_id,
+            reason=f"{WAITING_REASON}: workflow {record.workflow!r} is not registered in "
+                   f"{orch.worker_id}",
+            fields={"owner": None, "lease_expires_at": None}, takeover_from=record.fence)
+    except (StateConflict, LeaseLost):
+        return  # taken or moved since it was read
+    except StoreError as exc:
+        logger.warning("task %s: could not record that it waits: %s", record.id, exc)
+        return
+    logger.warning("workflow task %s (%s) waits for a process that registers it "
+                   "(--import its module)", record.id, record.workflow)
+
+
 async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord | None:
     """Become the owner (guarded); a workflow's resumption counts as a new attempt."""
     attempt = record.attempt + (1 if record.kind == TaskKind.WORKFLOW else 0)
@@ -124,13 +157,13 @@ async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord 
     try:
         await orch.store.transition(
             record.id, record.state, TaskState.RECOVERING,
-            reason=(f"owner {record.owner} is gone" if record.owner is not None
-                    else "released by its owner") + f"; recovered by {orch.worker_id}",
+            reason=_takeover_reason(record) + f"; recovered by {orch.worker_id}",
             worker=orch.worker_id,
             fields={"owner": orch.worker_id, "attempt": attempt, "lease_expires_at": lease},
+            takeover_from=record.fence,
         )
-    except StateConflict:
-        return None  # someone else moved it first
+    except (StateConflict, LeaseLost):
+        return None  # someone else took it (or moved it) since it was read
     except StoreError as exc:  # e.g. a lock timeout behind a paused owner: next scan retries
         logger.warning("task %s: takeover failed, will retry: %s", record.id, exc)
         return None
@@ -138,13 +171,28 @@ async def _take_over(orch: AsyncOrchestrator, record: TaskRecord) -> TaskRecord 
                    lease_expires_at=lease, fence=record.fence + 1)
 
 
+def _takeover_reason(record: TaskRecord) -> str:
+    if waiting_for_registration(record):
+        return f"workflow {record.workflow!r} is registered here"
+    if record.owner is not None:
+        return f"owner {record.owner} is gone"
+    return "released by its owner"
+
+
 async def _recover_one(orch: AsyncOrchestrator, record: TaskRecord, facts: Facts
                        ) -> TaskHandle | None:
     max_attempts = orch.settings.recovery.max_attempts
     if record.kind == TaskKind.WORKFLOW:
-        if record.attempt > max_attempts:
-            await _end(orch, record, TaskState.FAILED, "recovery attempts exhausted "
-                       f"({record.attempt - 1} runs of at most {max_attempts})")
+        definition = get_workflow(record.workflow or "")
+        limit = definition.max_recovery_attempts
+        if limit is None:
+            limit, source = max_attempts, "recovery.max_attempts"
+        else:
+            source = "its max_recovery_attempts"
+        if record.attempt > limit:
+            await _end(orch, record, TaskState.FAILED, "recovery attempts exhausted: "
+                       f"{record.attempt - 1} runs ended with their process, {source} is "
+                       f"{limit}")
             return None
         return orch.start_task(record)
     if record.argv is None or not all(isinstance(arg, str) for arg in record.argv):

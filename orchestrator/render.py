@@ -19,6 +19,7 @@ from durable.records import (
     Transition,
     WorkerStatus,
 )
+from durable.recovery import WAITING_REASON, waiting_for_registration
 from durable.states import TaskState
 from orchestrator.task import describe_exit
 from orchestrator.workflow_task import describe_error
@@ -61,6 +62,8 @@ def task_runtime(task: TaskRecord) -> float | None:
 def command_line(task: TaskRecord) -> str:
     if task.argv is not None:
         return shlex.join(task.argv)
+    if waiting_for_registration(task):
+        return f"{task.workflow} ({WAITING_REASON})"
     return task.workflow or ""
 
 

@@ -15,6 +15,7 @@ from durable.serialization import dump, dump_error, error_summary
 from durable.states import TaskState
 from durable.store import Store
 from durable.workflow import get_workflow
+from orchestrator.slot import Slot
 from orchestrator.states import OneshotStateMachine
 from orchestrator.task import LetGo, TaskResult
 
@@ -34,6 +35,8 @@ class WorkflowTask:
         self.machine = OneshotStateMachine(store, record.id, record.state, worker=worker)
         self.interrupt_reason = "cancelled"
         self.let_go: LetGo | None = None
+        self.slot: Slot | None = None
+        """The concurrency slot it runs in, given back while it waits on work it started."""
 
     @property
     def id(self) -> str:
@@ -49,11 +52,12 @@ class WorkflowTask:
         reason = "resumed from checkpoints" if resuming else "started"
         await self.machine.transition(TaskState.RUNNING, reason, started_at=time.time())
         steps = await self.store.load_steps(self.id) if resuming else []
-        ctx = WorkflowContext(self.store, self.id, steps, self.default_retry)
+        ctx = WorkflowContext(self.store, self.id, steps, self.default_retry,
+                              waiting=self.slot.given_back if self.slot else None)
         token = current_workflow.set(ctx)
         try:
             value: Any = await definition.fn(*args, **kwargs)
-            result = dump(value, definition.result_type, f"the result of {definition.name!r}")
+            result = dump(value, f"the result of {definition.name!r}")
         except anyio.get_cancelled_exc_class():
             if self.let_go is None:
                 with anyio.CancelScope(shield=True):

@@ -162,9 +162,9 @@ async def stop_on_signal(orch: AsyncOrchestrator, received: list[int],
 
 
 IMPORT_OPTION = click.option(
-    "--import", "modules", multiple=True, metavar="MODULE",
-    help="Import MODULE to register its workflows (repeatable; adds to "
-         "ONESHOT_WORKFLOWS__MODULES).")
+    "--import", "modules", multiple=True, metavar="MODULE|PATH",
+    help="Import a module (myapp.flows) or a Python file (flows/flow.py) to register its "
+         "workflows (repeatable; adds to ONESHOT_WORKFLOWS__MODULES).")
 
 
 def import_workflows(settings: OneshotSettings, modules: tuple[str, ...]) -> None:

@@ -169,7 +169,8 @@ async def run(obj: Context, name: str | None, no_persist: bool, detach: bool, cw
         return
     checked_cwd(cwd or os.getcwd(), cwd)
     received: list[int] = []
-    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+    async with (AsyncOrchestrator(settings, resume_workflows=False) as orch,
+                anyio.create_task_group() as watchers):
         watchers.start_soon(stop_on_signal, orch, received)
         handle = await orch.submit(argv, name=name, cwd=cwd, tee=tee_output, options=options)
         err_console.print(f"oneshot: task {handle.id}", highlight=False)
@@ -219,7 +220,7 @@ def _workflow_task(workflow: str, input_json: str, name: str | None, queue: str)
         fail(str(exc), 2)
         raise
     try:
-        args, kwargs = definition.codec.load(input_json)
+        args, kwargs = definition.codec.from_plain_json(input_json)
         stored = definition.codec.dump(args, kwargs, definition.name)
     except (ValueError, TypeError, AttributeError, SerializationError) as exc:
         fail(f"--input does not fit workflow {workflow!r}: {str(exc).splitlines()[0]}", 2)
@@ -258,7 +259,7 @@ def _run_exit_code(result: TaskResult, received: list[int]) -> int:
 async def cancel(obj: Context, task_id: str) -> None:
     """Stop a task (its whole process group), whichever process started it."""
     settings = persistent_settings(obj, "cancel")
-    async with AsyncOrchestrator(settings) as orch:
+    async with AsyncOrchestrator(settings, resume_workflows=False) as orch:
         record = await find_task(orch.store, task_id)
         ended = await cancel_task(orch, record)
     err_console.print(f"oneshot: task {ended.id} {ended.state.value}", highlight=False)
@@ -293,7 +294,8 @@ async def worker(obj: Context, concurrency: int | None, queues: tuple[str, ...],
     received: list[int] = []
     options = WorkerOptions(queues=tuple(settings.worker.queues),
                             drain_grace=settings.worker.drain_grace)
-    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+    async with (AsyncOrchestrator(settings, resume_workflows=False) as orch,
+                anyio.create_task_group() as watchers):
         watchers.start_soon(stop_on_signal, orch, received, stop)
         err_console.print(f"oneshot: worker {orch.worker_id} on {settings.database.url} "
                           f"(queues {', '.join(options.queues)}, concurrency "
@@ -317,7 +319,8 @@ async def recover(obj: Context, modules: tuple[str, ...]) -> None:
     settings = persistent_settings(obj, "recover")
     import_workflows(settings, modules)
     received: list[int] = []
-    async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+    async with (AsyncOrchestrator(settings, resume_workflows=False) as orch,
+                anyio.create_task_group() as watchers):
         watchers.start_soon(stop_on_signal, orch, received)
         handles = await orch.recover()
         for handle in handles:

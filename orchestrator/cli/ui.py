@@ -54,7 +54,8 @@ async def ui(obj: Context, host: str | None, port: int | None) -> None:
             fail(f"refusing to serve on {where} without a token: set ONESHOT_UI__TOKEN "
                  "(or ui.token in the config file), or listen on 127.0.0.1", 2)
         stopping = anyio.Event()
-        async with AsyncOrchestrator(settings) as orch, anyio.create_task_group() as watchers:
+        async with (AsyncOrchestrator(settings, resume_workflows=False) as orch,
+                anyio.create_task_group() as watchers):
             watchers.start_soon(_stop_on_signal, stopping)
             err_console.print(f"oneshot: dashboard on {url_of(sock)} (Ctrl-C to stop)",
                               highlight=False, markup=False, soft_wrap=True)

@@ -11,7 +11,7 @@ There the process writes the marker file ``$CRASH_MARKER`` (holding the position
 until it is killed. The database is ``$ONESHOT_DATABASE__URL``.
 
     python crash_workflow_app.py start EFFECTS_FILE   # print the task id, run it to the end
-    python crash_workflow_app.py recover   # orch.recover(), waiting for what it resumed
+    python crash_workflow_app.py recover   # open an orchestrator: it resumes them; wait
     oneshot recover --import crash_workflow_app   # with this directory on PYTHONPATH
 
 The workflow and its steps have explicit names: started from this file they live in
@@ -80,8 +80,8 @@ async def start() -> None:
 
 
 async def recover() -> None:
-    async with AsyncOrchestrator() as orch:
-        for handle in await orch.recover():
+    async with AsyncOrchestrator() as orch:  # resumes interrupted workflows as it opens
+        for handle in orch.resumed:
             outcome = await handle.outcome()
             print(handle.id, outcome.state.value, flush=True)
 

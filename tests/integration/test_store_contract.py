@@ -27,6 +27,7 @@ from durable.engine import ConnectionOptions
 from durable.exceptions import (
     CorruptTask,
     DatabaseUnavailable,
+    LeaseLost,
     StateConflict,
     StoreError,
     TaskNotFound,
@@ -41,6 +42,7 @@ Run = Callable[[Store, Callable[[Store], Awaitable[Any]]], Any]
 NewTaskFactory = Callable[..., NewTask]
 
 CREATED, RUNNING, IDLE = TaskState.CREATED, TaskState.RUNNING, TaskState.IDLE
+RECOVERING = TaskState.RECOVERING
 COMPLETED, FAILED = TaskState.COMPLETED, TaskState.FAILED
 OUT, ERR = Stream.STDOUT, Stream.STDERR
 
@@ -615,6 +617,31 @@ def test_concurrent_transitions_of_one_task_from_same_state_one_wins(
         assert losses[0].actual == record.state
         history = await store.history(task.id)
         assert [h.to_state for h in history] == [CREATED, RUNNING, record.state]
+
+    run(store, body)
+
+
+def test_a_takeover_from_a_stale_read_writes_nothing(
+    store: Store, run: Run, new_task: NewTaskFactory
+) -> None:
+    """Two recoverers read the same orphan; the first takes it over and moves it back to the
+    state both read; the second's takeover, made from its stale token, must fail whole."""
+    task = new_task(owner="host:1:gone", lease_expires_at=0.0)
+
+    async def body(store: Store) -> None:
+        await store.create_task(task)
+        await store.transition(task.id, CREATED, RUNNING)
+        read = await store.get_task(task.id)  # what both recoverers saw
+        await store.transition(task.id, RUNNING, RECOVERING, takeover_from=read.fence,
+                               fields={"owner": "first", "attempt": 2})
+        await store.transition(task.id, RECOVERING, RUNNING)
+        with pytest.raises((StateConflict, LeaseLost)):
+            await store.transition(task.id, RUNNING, RECOVERING, takeover_from=read.fence,
+                                   fields={"owner": "second", "attempt": 2})
+        record = await store.get_task(task.id)
+        assert (record.state, record.owner, record.fence) == (RUNNING, "first", read.fence + 1)
+        assert [h.to_state for h in await store.history(task.id)] == [
+            CREATED, RUNNING, RECOVERING, RUNNING]
 
     run(store, body)
 

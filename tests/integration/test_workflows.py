@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import enum
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,12 @@ from durable import (
     durable,
     workflow,
 )
+from durable.naming import qualified_name
 from durable.records import NewTask, StepCheckpoint, StepStatus, TaskKind
 from durable.states import TaskState
 from orchestrator import AsyncOrchestrator, TaskHandle
 from orchestrator.task import TaskResult
+from tests.replay_support import facts, same
 from tests.support import Database, persisted_only
 from tests.support import orchestrate as run_orchestrated
 
@@ -67,6 +71,17 @@ class Point:
     x: float
     y: float
     label: str | None = None
+
+
+class Color(enum.Enum):
+    RED = "red"
+    GREEN = "green"
+
+
+class Loose(BaseModel):
+    """A model whose field takes anything, things that cannot be stored included."""
+
+    anything: Any
 
 
 class NeedsTwoArguments(Exception):
@@ -141,6 +156,14 @@ async def recover_one(orch: AsyncOrchestrator, task_id: str) -> TaskHandle:
 def checkpoint(seq: int, name: str, result: str) -> StepCheckpoint:
     return StepCheckpoint(task_id="", seq=seq, name=name, status=StepStatus.COMPLETED,
                           started_at=0.0, finished_at=0.0, result=result)
+
+
+def stored_error(error: str | None) -> dict[str, Any]:
+    """A stored error's JSON without what only displays it (its traceback) or rebuilds it."""
+    assert error is not None
+    data: dict[str, Any] = json.loads(error)
+    return {key: value for key, value in data.items()
+            if key not in ("traceback", "attrs", "cause")}
 
 
 def error_of(outcome: TaskResult) -> dict[str, str]:
@@ -302,18 +325,23 @@ def test_stored_step_failure_is_reraised_with_its_original_type_and_message(
     assert calls == {"parse": 1}
     (step,) = steps
     assert (step.status, step.attempts, step.result) == (StepStatus.FAILED, 1, None)
-    assert json.loads(step.error or "") == {
-        "type": "ValueError", "module": "builtins", "message": "bad input 'x42'"}
+    assert stored_error(step.error) == {
+        "type": "ValueError", "module": "builtins", "message": "bad input 'x42'",
+        "args": ["bad input 'x42'"], "rebuildable": True}
 
 
 def test_stored_failure_of_an_unrebuildable_type_is_reraised_as_step_failed(
         settings: OneshotSettings) -> None:
-    """An exception that needs more than a message comes back as StepFailed with its data."""
+    """An exception replay cannot rebuild (its class is local) is StepFailed, carrying its
+    type, args and message, on the first run (chained from it) and on replay alike."""
     caught: list[BaseException] = []
+
+    class Unimportable(Exception):
+        """Defined inside a function: no other process can find it by name."""
 
     @durable(name="failing.lookup")
     async def lookup() -> int:
-        raise NeedsTwoArguments(404, "no such record")
+        raise Unimportable(404, "no such record")
 
     @workflow
     async def guarded() -> str:
@@ -331,11 +359,15 @@ def test_stored_failure_of_an_unrebuildable_type_is_reraised_as_step_failed(
 
     orchestrate(settings, body)
     original, replayed = caught
-    assert type(original) is NeedsTwoArguments
-    assert isinstance(replayed, StepFailed)
-    assert (replayed.name, replayed.seq, replayed.error_type, replayed.message) == (
-        "failing.lookup", 0, "NeedsTwoArguments", "404: no such record")
-    assert str(replayed) == "step 0 'failing.lookup' failed: NeedsTwoArguments: 404: no such record"
+    assert type(original) is type(replayed) is StepFailed
+    assert type(original.__cause__) is Unimportable
+    type_name = qualified_name(Unimportable)
+    for error in (original, replayed):
+        assert isinstance(error, StepFailed)
+        assert (error.name, error.seq, error.error_type, error.message, error.error_args) == (
+            "failing.lookup", 0, type_name, "(404, 'no such record')", (404, "no such record"))
+        assert str(error) == f"step 0 'failing.lookup' failed: {type_name}: (404, 'no such record')"
+    assert vars(original) == vars(replayed) and original.args == replayed.args
 
 
 def test_uncaught_step_failure_fails_the_workflow(settings: OneshotSettings) -> None:
@@ -359,7 +391,9 @@ def test_uncaught_step_failure_fails_the_workflow(settings: OneshotSettings) -> 
 
     outcome, failed = orchestrate(settings, body)
     assert outcome.state is TaskState.FAILED
-    assert error_of(outcome) == {"type": "RuntimeError", "module": "builtins", "message": "boom"}
+    assert stored_error(outcome.error) == {"type": "RuntimeError", "module": "builtins",
+                                           "message": "boom", "args": ["boom"],
+                                           "rebuildable": True}
     assert (failed.task_id, failed.state, failed.error) == (outcome.id, "FAILED",
                                                             "RuntimeError: boom")
 
@@ -466,6 +500,231 @@ def test_unserializable_workflow_input_creates_no_task(settings: OneshotSettings
         return await orch.store.list_tasks()
 
     assert orchestrate(settings, body) == []
+
+
+# --- replay equals the first run -------------------------------------------------------------
+
+REPLAYED_VALUES: dict[str, Any] = {
+    "aware": dt.datetime(2024, 2, 29, 23, 59, 59, 999999,
+                         tzinfo=dt.timezone(dt.timedelta(hours=-3), "BRT")),
+    "naive": dt.datetime(2024, 1, 1, 12),
+    "date": dt.date(1999, 12, 31),
+    "time": dt.time(8, 30, tzinfo=dt.UTC),
+    "timedelta": dt.timedelta(days=-1, microseconds=7),
+    "decimal": Decimal("3.14159265358979323846264338327950288"),
+    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "tuple": (1, "two", (3.0, None)),
+    "set": {1, 2, 3},
+    "frozenset": frozenset({"a", "b"}),
+    "bytes": bytes(range(256)),
+    "enum": Color.GREEN,
+    "dataclass": Point(1.5, -2.0, "here"),
+    "model": Customer(name="Ada", since=dt.date(2020, 1, 2),
+                      addresses=[Address(city="Paris", zip_code="75001")]),
+    "floats": [float("inf"), float("-inf"), float("nan"), -0.0, 1e308],
+    "nested": {1: [(b"\xff\x00", {frozenset({1, 2})})], "$t": {"key": "tagged"},
+               (1, "a"): {"deep": [{2.5, "x"}]}},
+    "complex": complex(1.5, float("-inf")),
+    "text": "caf\u00e9 \ud800 \x00",
+}
+
+
+def test_replayed_steps_return_what_the_first_run_got_whatever_the_annotations(
+        settings: OneshotSettings) -> None:
+    """Unannotated or loosely annotated, every supported value comes back from replay, and as
+    the workflow's result, with its type and value."""
+    calls: Counter[str] = Counter()
+    seen: list[dict[str, Any]] = []
+
+    @durable(name="exact.give")
+    async def give(key):  # type: ignore[no-untyped-def]  # no annotations on purpose
+        calls[key] += 1
+        return REPLAYED_VALUES[key]
+
+    @durable(name="exact.give_any")
+    def give_any(key: str) -> Any:
+        calls[f"any {key}"] += 1
+        return REPLAYED_VALUES[key]
+
+    @workflow(name="exact.collect")
+    async def collect(keys):  # type: ignore[no-untyped-def]
+        got = {key: await give(key) for key in keys}
+        got.update({f"any {key}": await give_any(key) for key in keys})
+        seen.append(got)
+        return got
+
+    async def body(orch: AsyncOrchestrator) -> list[Any]:
+        first = await orch.start(collect, list(REPLAYED_VALUES))
+        result = await first.result()
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        return [result, await replay.result()]
+
+    results = orchestrate(settings, body)
+    expected = {**REPLAYED_VALUES, **{f"any {key}": v for key, v in REPLAYED_VALUES.items()}}
+    original, replayed = seen
+    for got in (original, replayed, *results):
+        assert same(got, expected), {k: (v, expected[k]) for k, v in got.items()
+                                     if not same(v, expected[k])}
+    assert set(calls.values()) == {1}, calls
+
+
+def test_replayed_steps_raise_what_the_first_run_raised(settings: OneshotSettings) -> None:
+    """KeyError, an exception with a two-argument __init__, OSError with errno and file names,
+    several args, notes and a chained cause: same type, args, attributes and cause on replay."""
+    seen: list[list[Any]] = []
+    calls: Counter[int] = Counter()
+
+    def with_notes() -> Exception:
+        error = ValueError("first", 2, ["third"])
+        error.add_note("a note")
+        return error
+
+    def chained() -> Exception:
+        try:
+            try:
+                raise KeyError("inner")
+            except KeyError as inner:
+                raise NeedsTwoArguments(500, "outer") from inner
+        except NeedsTwoArguments as outer:
+            outer.retry_after = dt.timedelta(seconds=30)  # type: ignore[attr-defined]
+            return outer
+
+    errors: list[Callable[[], BaseException]] = [
+        lambda: KeyError("k"),
+        lambda: NeedsTwoArguments(404, "no such record"),
+        lambda: FileNotFoundError(2, "No such file or directory", "in.txt"),
+        lambda: OSError(18, "Invalid cross-device link", "a", None, "b"),
+        with_notes,
+        chained,
+        lambda: subprocess.CalledProcessError(2, ["make", "all"], b"out\xff", b"err"),
+        lambda: UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    ]
+
+    @durable(name="exact.fail", retry=RetryPolicy(attempts=1))
+    async def fail(index):  # type: ignore[no-untyped-def]
+        calls[index] += 1
+        raise errors[index]()
+
+    @workflow(name="exact.failures")
+    async def failures() -> int:
+        got = []
+        for index in range(len(errors)):
+            try:
+                await fail(index)
+            except Exception as exc:
+                got.append(facts(exc))
+        seen.append(got)
+        return len(got)
+
+    async def body(orch: AsyncOrchestrator) -> None:
+        first = await orch.start(failures)
+        assert await first.result() == len(errors)
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        assert await replay.result() == len(errors)
+
+    orchestrate(settings, body)
+    original, replayed = seen
+    assert calls == dict.fromkeys(range(len(errors)), 1)
+    assert same(original, replayed)
+    assert same(original, [facts(make()) for make in errors])
+    assert original[3][3] == {"errno": 18, "strerror": "Invalid cross-device link",
+                              "filename": "a", "filename2": "b"}
+
+
+def test_workflow_inputs_keep_their_types_when_started_and_when_resumed(
+        settings: OneshotSettings) -> None:
+    """Unannotated arguments (positional, *args, keyword-only, **kwargs) reach the body as
+    the caller passed them, on the first run and when resumed."""
+    seen: list[tuple[Any, ...]] = []
+    when = dt.datetime(2030, 5, 17, 6, 0, tzinfo=dt.UTC)
+
+    @workflow(name="exact.inputs")
+    async def takes(when, pair, *rest, point, **extra):  # type: ignore[no-untyped-def]
+        seen.append((when, pair, rest, point, extra))
+        return None
+
+    args = (when, ("a", 1), {1, 2}, b"\x80\x81", Color.RED)
+    kwargs = {"point": Point(0.0, 1.0), "tags": frozenset({"x"}), "limit": Decimal("1.50")}
+
+    async def body(orch: AsyncOrchestrator) -> str:
+        first = await orch.start(takes, *args, **kwargs)
+        await first.result()
+        replay = await recover_one(orch, await orphan_copy(orch, first.id))
+        await replay.result()
+        record = await orch.store.get_task(first.id)
+        assert record.input is not None
+        return record.input
+
+    stored = orchestrate(settings, body)
+    expected = (when, ("a", 1), ({1, 2}, b"\x80\x81", Color.RED), Point(0.0, 1.0),
+                {"tags": frozenset({"x"}), "limit": Decimal("1.50")})
+    assert len(seen) == 2
+    for got in seen:
+        assert same(got, expected), got
+    assert set(json.loads(stored)) == {"when", "pair", "rest", "point", "extra"}
+
+
+def test_value_that_cannot_come_back_as_itself_fails_the_first_run_and_commits_nothing(
+        settings: OneshotSettings) -> None:
+    """A generator, a subclass of a supported type, a model holding a Path and an instance of
+    a local class each raise SerializationError naming the type on the first run; no
+    checkpoint is written."""
+    caught: list[str] = []
+
+    class Local:
+        """Defined inside a function: no other process can find it by name."""
+
+    class Tagged(str):
+        """A str subclass: it would come back as a plain str."""
+
+    results: list[Any] = [(n for n in range(3)), Tagged("x"), Loose(anything=Path("x")),
+                          [1, {"k": Local()}]]
+
+    @durable(name="lossy.make")
+    async def make(index):  # type: ignore[no-untyped-def]
+        return results[index]
+
+    @durable(name="lossy.fine")
+    async def fine() -> str:
+        return "fine"
+
+    @workflow(name="lossy.pipeline")
+    async def pipeline() -> str:
+        for index in range(len(results)):
+            try:
+                await make(index)
+            except SerializationError as exc:
+                caught.append(exc.problem)
+        return await fine()
+
+    async def body(orch: AsyncOrchestrator) -> list[StepCheckpoint]:
+        handle = await orch.start(pipeline)
+        assert await handle.result() == "fine"
+        return await orch.store.load_steps(handle.id)
+
+    steps = orchestrate(settings, body)
+    assert [(s.seq, s.name) for s in steps] == [(len(results), "lossy.fine")]
+    generator, subclass, model, local = caught
+    assert generator.startswith("generator is not a supported type")
+    assert subclass.startswith(f"{qualified_name(Tagged)} is not a supported type")
+    assert model == "pathlib.PosixPath is not a supported type (at .anything)"
+    assert local.startswith(f"{qualified_name(Local)} is not a supported type")
+    assert local.endswith("(at [1]['k'])")
+
+
+def test_generator_functions_are_refused_when_decorated() -> None:
+    """@durable and @workflow refuse generator functions, sync or async, naming them."""
+
+    def numbers() -> Any:
+        yield 1
+
+    async def stream() -> Any:
+        yield 1
+
+    for decorate, fn in ((durable, numbers), (durable, stream), (workflow, stream)):
+        with pytest.raises(TypeError, match=r"cannot make a .* of the generator function "
+                                            rf"{qualified_name(fn)}"):
+            decorate(fn)
 
 
 # --- retries ----------------------------------------------------------------------------------
@@ -737,9 +996,11 @@ def test_nested_workflow_runs_inline_as_part_of_its_caller(settings: OneshotSett
 # --- recovery ---------------------------------------------------------------------------------
 
 
-def test_unregistered_workflow_fails_on_recover_while_other_orphans_resume(
+def test_unregistered_workflow_waits_for_a_process_that_registers_it(
         settings: OneshotSettings) -> None:
-    """The orphan nobody registered ends FAILED naming it; the others still resume."""
+    """An orphan whose workflow nobody here registered is never ended: it waits, unowned,
+    saying why (once, however often recovery scans), while the other orphans resume; once its
+    name is registered, the next recovery resumes it."""
 
     @durable
     async def greet(who: str) -> str:
@@ -749,8 +1010,10 @@ def test_unregistered_workflow_fails_on_recover_while_other_orphans_resume(
     async def greeter(who: str) -> str:
         return await greet(who)
 
+    late_name = f"tests.registered_later_{uuid.uuid4().hex[:8]}"
+
     async def body(orch: AsyncOrchestrator) -> Any:
-        lost = await create_orphan(orch, "tests.no_such_workflow", "{}")
+        lost = await create_orphan(orch, late_name, '{"who": "later"}')
         found = await create_orphan(orch, "recover.greeter", '{"who": "world"}')
         command = NewTask(id=uuid.uuid4().hex, kind=TaskKind.COMMAND, argv=["true"],
                           owner=GONE_OWNER)
@@ -758,18 +1021,32 @@ def test_unregistered_workflow_fails_on_recover_while_other_orphans_resume(
         await orch.store.transition(command.id, TaskState.CREATED, TaskState.RUNNING)
         handles = {handle.id: handle for handle in await orch.recover()}
         # The command was committed RUNNING but never launched: recovery runs it now.
-        assert set(handles) == {lost, found, command.id}
+        assert set(handles) == {found, command.id}
         outcomes = {task_id: await handle.outcome() for task_id, handle in handles.items()}
-        return (outcomes[lost], await orch.store.history(lost), outcomes[found],
-                await orch.store.get_task(command.id))
+        waiting = await orch.store.get_task(lost)
+        history = await orch.store.history(lost)
+        assert await orch.recover() == []
+        assert len(await orch.store.history(lost)) == len(history)  # no row per scan
 
-    lost, lost_history, found, command = orchestrate(settings, body)
-    assert lost.state is TaskState.FAILED
-    reason = lost_history[-1].reason or ""
-    assert "'tests.no_such_workflow' is not registered" in reason
-    assert reason.startswith("cannot resume: ")
-    assert "tests.no_such_workflow" in error_of(lost)["message"]
-    assert [t.to_state for t in lost_history][-2:] == [TaskState.RECOVERING, TaskState.FAILED]
+        @workflow(name=late_name)
+        async def registered_later(who: str) -> str:
+            return await greet(who)
+
+        resumed = await orch.recover()
+        assert [handle.id for handle in resumed] == [lost]
+        return (waiting, history, await resumed[0].result(), outcomes[found],
+                await orch.store.get_task(command.id), await orch.store.history(lost))
+
+    waiting, history, late_result, found, command, final_history = orchestrate(settings, body)
+    assert (waiting.state, waiting.owner, waiting.error) == (TaskState.RECOVERING, None, None)
+    reason = history[-1].reason or ""
+    assert f"waiting for a process that registers it: workflow '{late_name}' is not " \
+           "registered in" in reason
+    assert [t.to_state for t in history][-2:] == [TaskState.RUNNING, TaskState.RECOVERING]
+    assert late_result == "hello later"
+    assert [t.to_state for t in final_history][-3:] == [
+        TaskState.RECOVERING, TaskState.RUNNING, TaskState.COMPLETED]
+    assert "is registered here" in (final_history[-3].reason or "")
     assert (found.state, found.result) == (TaskState.COMPLETED, '"hello world"')
     assert (command.state, command.exit_code) == (TaskState.COMPLETED, 0)
 
