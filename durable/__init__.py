@@ -3,6 +3,7 @@
 from durable.exceptions import (
     CommandNotFound,
     DatabaseUnavailable,
+    DeserializationError,
     IllegalTransition,
     NonDeterminismError,
     OneshotError,
@@ -27,6 +28,7 @@ from durable.workflow import get_workflow, import_workflow_modules, workflow
 __all__ = [
     "CommandNotFound",
     "DatabaseUnavailable",
+    "DeserializationError",
     "IllegalTransition",
     "LogFragment",
     "MemoryStore",

@@ -1,4 +1,4 @@
-"""Self-describing JSON for step results, workflow inputs and results, and errors.
+"""Self-describing JSON for step results and workflow inputs and results.
 
 Replay must hand a workflow exactly what its first run got, whatever the annotations say, so a
 stored value describes its own type. JSON-native values stay as they are: ``None``, ``bool``,
@@ -6,17 +6,13 @@ stored value describes its own type. JSON-native values stay as they are: ``None
 value is an object tagged with the reserved key ``"$t"`` (``{"$t": "tuple", "v": [1, 2]}``):
 ``tuple``, ``set``, ``frozenset``, ``bytes``, ``bytearray``, non-finite ``float``, ``complex``,
 ``dict`` with other keys (or holding ``"$t"``), ``datetime``, ``date``, ``time``, ``timedelta``,
-``timezone``, ``ZoneInfo`` (by key), ``Decimal``, ``UUID``, and, by their class's importable name
-(:mod:`durable.naming`), enum members, dataclasses, named tuples and pydantic models. Types are
+their time zones (``timezone``, ``ZoneInfo`` by key, pydantic's ``TzInfo``), ``Decimal``,
+``UUID``, and, by their class's importable name (:mod:`durable.naming`), enum members,
+dataclasses, named tuples and pydantic models (restored from their pickle state). Types are
 checked exactly: a subclass of a supported type, a class defined inside a function, a generator
 or any other object raises :class:`SerializationError` naming the type and where it sits, before
 anything is committed. Plain JSON (what rows written before the tags hold) reads as plain JSON.
-
-An exception is stored with its type, ``args``, attributes (``__dict__``, ``__notes__`` and the
-built-in ones such as ``OSError.errno``) and its ``__cause__`` chain, and rebuilt on replay
-without calling ``__init__`` (as pickle restores exceptions). Whether it can be is decided on the
-first run, by rebuilding it there: when it cannot, the first run already raises
-:class:`StepFailed` in its place, and so does every replay.
+Exceptions are stored with these values by :mod:`durable.error_codec`.
 """
 
 from __future__ import annotations
@@ -28,7 +24,6 @@ import functools
 import inspect
 import json
 import math
-import traceback
 import typing
 import uuid
 from collections.abc import Callable, Iterable
@@ -41,7 +36,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import TzInfo
 
-from durable.exceptions import DeserializationError, SerializationError, StepFailed
+from durable.exceptions import DeserializationError, SerializationError
 from durable.naming import canonical_module, qualified_name, resolve
 
 TAG = "$t"
@@ -49,7 +44,7 @@ _QUOTED_TAG = '"$t"'
 _MISSING = object()
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """A value (or a part of it) that cannot be stored; becomes a SerializationError."""
 
     def __init__(self, problem: str) -> None:
@@ -57,25 +52,26 @@ class _Refused(Exception):
         self.problem = problem
 
 
-def _label(kind: type) -> str:
+def label(kind: type) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else qualified_name(kind)
 
 
 # --- values -------------------------------------------------------------------------------------
 
 
-def _enc(value: Any) -> Any:
+def encode(value: Any) -> Any:
+    """``value`` as JSON-ready data, tagged where needed; :class:`Refused` if it cannot be."""
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
         return value
     if kind is float:
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
     if kind is list:
-        return [_enc(item) for item in value]
+        return [encode(item) for item in value]
     if kind is dict:
         if TAG not in value and all(map(_is_str, value)):
-            return {key: _enc(item) for key, item in value.items()}
-        return {TAG: "dict", "v": [[_enc(key), _enc(item)] for key, item in value.items()]}
+            return {key: encode(item) for key, item in value.items()}
+        return {TAG: "dict", "v": [[encode(key), encode(item)] for key, item in value.items()]}
     encoder = _ENCODERS.get(kind) or _class_encoder(kind)
     return encoder(value)
 
@@ -85,33 +81,33 @@ def _is_str(key: Any) -> bool:
 
 
 def _items(tag: str) -> Callable[[Any], Any]:
-    return lambda value: {TAG: tag, "v": [_enc(item) for item in value]}
+    return lambda value: {TAG: tag, "v": [encode(item) for item in value]}
 
 
 def _members(tag: str) -> Callable[[Any], Any]:
     # Sorted by their JSON, so equal sets are stored alike (their order varies by process).
-    return lambda value: {TAG: tag, "v": sorted((_enc(item) for item in value), key=_JSON.encode)}
+    return lambda value: {TAG: tag, "v": sorted((encode(item) for item in value), key=JSON.encode)}
 
 
 def _clock(tag: str) -> Callable[[Any], Any]:
-    def encode(value: Any) -> Any:
+    def encode_clock(value: Any) -> Any:
         data: dict[str, Any] = {TAG: tag, "v": value.replace(tzinfo=None, fold=0).isoformat()}
         if value.fold:
             data["fold"] = 1
         if value.tzinfo is not None:
-            data["tz"] = _enc(value.tzinfo)
+            data["tz"] = encode(value.tzinfo)
         return data
-    return encode
+    return encode_clock
 
 
 def _enc_timezone(value: timezone) -> Any:
     args = value.__getinitargs__()  # type: ignore[attr-defined]
-    return {TAG: "timezone", "v": [_enc(arg) for arg in args]}  # (offset[, name])
+    return {TAG: "timezone", "v": [encode(arg) for arg in args]}  # (offset[, name])
 
 
 def _enc_zoneinfo(value: ZoneInfo) -> Any:
     if value.key is None:
-        raise _Refused("a ZoneInfo without a key (read from a file) cannot be found again")
+        raise Refused("a ZoneInfo without a key (read from a file) cannot be found again")
     return {TAG: "zoneinfo", "v": value.key}
 
 
@@ -130,48 +126,47 @@ _ENCODERS: dict[type, Callable[[Any], Any]] = {
     TzInfo: lambda value: {TAG: "tzinfo", "v": value.__reduce__()[1][0]},  # pydantic's
     Decimal: lambda value: {TAG: "decimal", "v": str(value)},
     uuid.UUID: lambda value: {TAG: "uuid", "v": str(value)},
-    complex: lambda value: {TAG: "complex", "v": [_enc(value.real), _enc(value.imag)]},
+    complex: lambda value: {TAG: "complex", "v": [encode(value.real), encode(value.imag)]},
 }
 """Encoders by exact type; classes met later (enums, dataclasses, ...) are added once checked."""
 
-_HINTS = {"generator": "a step must return a value: collect the items in a list",
-          "async_generator": "a step must return a value: collect the items in a list",
-          "coroutine": "await it"}
+_HINTS = {"generator": "collect its items in a list",
+          "async_generator": "collect its items in a list", "coroutine": "await it"}
 
 
-def _class_name(kind: type) -> str:
+def class_name(kind: type) -> str:
     """``module:qualname`` of a class that resolves back to itself, else refused."""
     module, qualname = canonical_module(kind.__module__), kind.__qualname__
     try:
         found = resolve(module, qualname)
     except LookupError as exc:
-        raise _Refused(f"{_label(kind)} cannot be found again by its name ({exc})") from None
+        raise Refused(f"{label(kind)} cannot be found again by its name ({exc})") from None
     if found is not kind:
-        raise _Refused(f"{_label(kind)} is not the object its module has under that name")
+        raise Refused(f"{label(kind)} is not the object its module has under that name")
     return f"{module}:{qualname}"
 
 
 def _class_encoder(kind: type) -> Callable[[Any], Any]:
-    encode: Callable[[str, Any], Any]
+    by_name: Callable[[str, Any], Any]
     if issubclass(kind, enum.Enum):
-        encode = _enc_enum
+        by_name = _enc_enum
     elif issubclass(kind, BaseModel):
-        encode = _enc_model
+        by_name = _enc_model
     elif issubclass(kind, tuple) and hasattr(kind, "_fields"):
-        encode = _enc_namedtuple
+        by_name = _enc_namedtuple
     elif dataclasses.is_dataclass(kind):
-        encode = _enc_dataclass
+        by_name = _enc_dataclass
     else:
         hint = _HINTS.get(kind.__name__) if kind.__module__ == "builtins" else None
-        raise _Refused(f"{_label(kind)} is not a supported type" + (f" ({hint})" if hint else ""))
-    encoder = functools.partial(encode, _class_name(kind))
+        raise Refused(f"{label(kind)} is not a supported type" + (f" ({hint})" if hint else ""))
+    encoder = functools.partial(by_name, class_name(kind))
     _ENCODERS[kind] = encoder
     return encoder
 
 
 def _enc_enum(name: str, value: enum.Enum) -> Any:
     if isinstance(value, enum.Flag):
-        return {TAG: "enum", "c": name, "v": _enc(value.value)}
+        return {TAG: "enum", "c": name, "v": encode(value.value)}
     return {TAG: "enum", "c": name, "n": value.name}
 
 
@@ -179,11 +174,11 @@ def _enc_model(name: str, value: BaseModel) -> Any:
     # Its pickle state (fields, extra, fields set, private attributes), restored without
     # validation: its JSON would not do (a tuple in an ``Any`` field comes back a list).
     state = value.__getstate__()
-    return {TAG: "model", "c": name, "v": {key: _enc(item) for key, item in state.items()}}
+    return {TAG: "model", "c": name, "v": {key: encode(item) for key, item in state.items()}}
 
 
 def _enc_namedtuple(name: str, value: tuple[Any, ...]) -> Any:
-    return {TAG: "namedtuple", "c": name, "v": [_enc(item) for item in value]}
+    return {TAG: "namedtuple", "c": name, "v": [encode(item) for item in value]}
 
 
 def _enc_dataclass(name: str, value: Any) -> Any:
@@ -191,21 +186,22 @@ def _enc_dataclass(name: str, value: Any) -> Any:
     for field in dataclasses.fields(value):
         item = getattr(value, field.name, _MISSING)
         if item is not _MISSING:
-            state[field.name] = _enc(item)
+            state[field.name] = encode(item)
     for key, item in getattr(value, "__dict__", {}).items():
         if key not in state:
-            state[key] = _enc(item)
+            state[key] = encode(item)
     return {TAG: "dataclass", "c": name, "v": state}
 
 
-def _dec(data: Any) -> Any:
+def decode(data: Any) -> Any:
+    """What :func:`encode` made ``data`` from."""
     kind = type(data)
     if kind is list:
-        return [_dec(item) for item in data]
+        return [decode(item) for item in data]
     if kind is dict:
         tag = data.get(TAG)
         if tag is None:
-            return {key: _dec(item) for key, item in data.items()}
+            return {key: decode(item) for key, item in data.items()}
         return _DECODERS[tag](data)
     return data
 
@@ -220,36 +216,36 @@ def _dec_dataclass(data: Any) -> Any:
     kind = _class(data["c"])
     value = kind.__new__(kind)
     for key, item in data["v"].items():
-        object.__setattr__(value, key, _dec(item))
+        object.__setattr__(value, key, decode(item))
     return value
 
 
 def _dec_model(data: Any) -> Any:
     kind = _class(data["c"])
     value = kind.__new__(kind)
-    value.__setstate__({key: _dec(item) for key, item in data["v"].items()})
+    value.__setstate__({key: decode(item) for key, item in data["v"].items()})
     return value
 
 
 def _dec_enum(data: Any) -> Any:
     kind = _class(data["c"])
-    return kind[data["n"]] if "n" in data else kind(_dec(data["v"]))
+    return kind[data["n"]] if "n" in data else kind(decode(data["v"]))
 
 
 def _dec_clock(kind: Any) -> Callable[[Any], Any]:
     return lambda data: kind.fromisoformat(data["v"]).replace(
-        tzinfo=_dec(data.get("tz")), fold=data.get("fold", 0))
+        tzinfo=decode(data.get("tz")), fold=data.get("fold", 0))
 
 
 def _decoded(data: Any) -> list[Any]:
-    return [_dec(item) for item in data["v"]]
+    return [decode(item) for item in data["v"]]
 
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "tuple": lambda data: tuple(_decoded(data)),
     "set": lambda data: set(_decoded(data)),
     "frozenset": lambda data: frozenset(_decoded(data)),
-    "dict": lambda data: {_dec(key): _dec(item) for key, item in data["v"]},
+    "dict": lambda data: {decode(key): decode(item) for key, item in data["v"]},
     "bytes": lambda data: base64.b64decode(data["v"]),
     "bytearray": lambda data: bytearray(base64.b64decode(data["v"])),
     "float": lambda data: float(data["v"]),
@@ -287,8 +283,8 @@ def _locate(value: Any, path: str = "") -> str:
                  for field in dataclasses.fields(value))
     for step, item in parts:
         try:
-            _enc(item)
-        except (_Refused, RecursionError):
+            encode(item)
+        except (Refused, RecursionError):
             return _locate(item, path + step)
     return path
 
@@ -296,8 +292,8 @@ def _locate(value: Any, path: str = "") -> str:
 def _ready(value: Any, what: str) -> Any:
     """``value`` as JSON-ready data (tags where needed), else a SerializationError."""
     try:
-        return _enc(value)
-    except _Refused as refused:
+        return encode(value)
+    except Refused as refused:
         where = _locate(value)
         raise SerializationError(what, refused.problem + (f" (at {where})" if where else "")
                                  ) from refused.__cause__
@@ -305,12 +301,12 @@ def _ready(value: Any, what: str) -> Any:
         raise SerializationError(what, "it is nested too deeply or contains itself") from None
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def _text(data: Any, what: str) -> str:
     try:
-        return _JSON.encode(data)
+        return JSON.encode(data)
     except (ValueError, RecursionError) as exc:  # an int too long for str(), say
         raise SerializationError(what, str(exc)) from exc
 
@@ -330,7 +326,7 @@ def load(text: str, what: str = "a stored value") -> Any:
     """The value :func:`dump` stored (plain JSON reads as plain JSON)."""
     try:
         data = json.loads(text)
-        return _dec(data) if _QUOTED_TAG in text else data
+        return decode(data) if _QUOTED_TAG in text else data
     except (ValueError, LookupError, TypeError, AttributeError, ValidationError) as exc:
         raise DeserializationError(what, f"{type(exc).__name__}: {exc}") from exc
 
@@ -356,15 +352,6 @@ def type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
         return typing.get_type_hints(fn)
     except Exception:  # a forward reference we cannot resolve
         return {}
-
-
-def return_type(fn: Callable[..., Any]) -> Any:
-    hint = type_hints(fn).get("return", Any)
-    origin = typing.get_origin(hint)
-    if origin is not None and getattr(origin, "__name__", "") in {"Awaitable", "Coroutine"}:
-        args = typing.get_args(hint)
-        return args[-1] if args else Any
-    return hint
 
 
 class ArgumentCodec:
@@ -413,164 +400,3 @@ class ArgumentCodec:
             arguments[name] = adapter(hint).validate_python(value)
         bound = inspect.BoundArguments(self.signature, arguments)
         return bound.args, bound.kwargs
-
-
-# --- errors -------------------------------------------------------------------------------------
-
-_NATIVE_STATE: tuple[tuple[type[BaseException], tuple[str, ...]], ...] = (
-    (OSError, ("errno", "strerror", "filename", "filename2")),
-    (ImportError, ("msg", "name", "path")),
-    (AttributeError, ("name",)),  # not .obj: the object the lookup failed on
-    (NameError, ("name",)),
-    (StopIteration, ("value",)),
-    (SystemExit, ("code",)),
-    (SyntaxError, ("msg", "filename", "lineno", "offset", "text", "end_lineno", "end_offset",
-                   "print_file_and_line")),
-    (UnicodeError, ("encoding", "object", "start", "end", "reason")),
-)
-"""State the built-in exception types keep outside ``__dict__`` and ``args``."""
-
-
-def _message(exc: BaseException) -> str:
-    try:
-        return str(exc)
-    except Exception:  # a broken __str__
-        return f"<unprintable {type(exc).__qualname__}>"
-
-
-def _slots(cls: type) -> tuple[str, ...]:
-    slots = cls.__dict__.get("__slots__", ())
-    return (slots,) if isinstance(slots, str) else tuple(slots)
-
-
-def _error_state(exc: BaseException, seen: set[int]) -> dict[str, Any]:
-    """What rebuilds ``exc``: type, args, attributes and cause, tagged; else _Refused."""
-    if id(exc) in seen:
-        raise _Refused("its __cause__ chain loops")
-    seen.add(id(exc))
-    kind = type(exc)
-    _class_name(kind)
-    if any(slot not in ("__dict__", "__weakref__") for cls in kind.__mro__
-           for slot in _slots(cls)):
-        raise _Refused(f"{_label(kind)} keeps state in __slots__")
-    attrs = {}
-    for base, names in _NATIVE_STATE:
-        if isinstance(exc, base):
-            for name in names:
-                value = getattr(exc, name, None)
-                if value is not None:  # None is unset (OSError prints a filename2 set to None)
-                    attrs[name] = _enc(value)
-    attrs.update((name, _enc(value)) for name, value in vars(exc).items())
-    state: dict[str, Any] = {"type": kind.__qualname__, "module": canonical_module(kind.__module__),
-                             "message": _message(exc), "attrs": attrs,
-                             "args": [_enc(arg) for arg in exc.args]}
-    if exc.__cause__ is not None:
-        state["cause"] = _error_state(exc.__cause__, seen)
-    if exc.__suppress_context__:
-        state["suppress_context"] = True
-    return state
-
-
-def _rebuild(state: dict[str, Any]) -> BaseException:
-    kind = resolve(state["module"], state["type"])
-    if not (isinstance(kind, type) and issubclass(kind, BaseException)):
-        raise LookupError(f"{state['module']}.{state['type']} is not an exception type")
-    args = tuple(_dec(arg) for arg in state["args"])
-    exc: BaseException | None = None
-    if kind.__module__ == "builtins":  # their constructors set their native state from args
-        try:
-            exc = kind(*args)
-        except Exception:
-            exc = None
-    if exc is None:
-        exc = kind.__new__(kind, *args)
-        exc.args = args
-    for name, value in state["attrs"].items():
-        setattr(exc, name, _dec(value))
-    if "cause" in state:
-        exc.__cause__ = _rebuild(state["cause"])
-    exc.__suppress_context__ = bool(state.get("suppress_context"))
-    return exc
-
-
-def _rebuildable(exc: BaseException) -> dict[str, Any] | str:
-    """The state that rebuilds ``exc`` as itself, or why it cannot be (tried here and now)."""
-    try:
-        state = _error_state(exc, set())
-        rebuilt = _rebuild(state)
-        if type(rebuilt) is type(exc) and _error_state(rebuilt, set()) == state:
-            return state
-        return "rebuilt from its args and attributes, it is not the same"
-    except _Refused as refused:
-        return refused.problem
-    except RecursionError:
-        return "it is nested too deeply"
-    except Exception as problem:  # its class refuses to be rebuilt so
-        return f"rebuilding it raised {type(problem).__name__}: {_message(problem)}"
-
-
-def _safe_arg(arg: Any) -> Any:
-    try:
-        return _enc(arg)
-    except (_Refused, RecursionError):
-        try:
-            return repr(arg)
-        except Exception:
-            return f"<unprintable {type(arg).__qualname__}>"
-
-
-def encode_error(exc: BaseException) -> tuple[str, bool]:
-    """``exc`` as JSON (``type``, ``module`` and ``message`` for display; ``args``,
-    ``attrs``, ``cause`` to rebuild it; ``traceback``), and whether it rebuilds as itself."""
-    state = _rebuildable(exc)
-    if isinstance(state, str):
-        kind = type(exc)
-        data = {"type": kind.__qualname__, "module": canonical_module(kind.__module__),
-                "message": _message(exc), "args": [_safe_arg(arg) for arg in exc.args],
-                "rebuildable": False, "why": state}
-    else:
-        data = {**state, "rebuildable": True}
-    data["traceback"] = "".join(traceback.format_exception(exc))
-    return _JSON.encode(data), not isinstance(state, str)
-
-
-def dump_error(exc: BaseException) -> str:
-    return encode_error(exc)[0]
-
-
-def rebuild_error(text: str, name: str, seq: int) -> BaseException:
-    """The stored exception of step ``seq`` (``name``) as itself when it was stored so, else
-    the :class:`StepFailed` that stands for it (the same one its first run raised)."""
-    data = json.loads(text)
-    if "args" not in data:
-        return _legacy_error(data, name, seq)
-    if data.get("rebuildable"):
-        try:
-            return _rebuild(data)
-        except Exception:  # pragma: no cover - its class moved or changed since
-            pass
-    try:
-        args = tuple(_dec(arg) for arg in data["args"])
-    except Exception:  # its classes moved or changed since
-        args = tuple(json.dumps(arg) for arg in data["args"])
-    error_type = f"{data['module']}.{data['type']}"
-    return StepFailed(name, seq, error_type, data["message"], args)
-
-
-def _legacy_error(data: dict[str, Any], name: str, seq: int) -> BaseException:
-    """An error stored before args were (type, module, message): itself if its type takes
-    one message argument."""
-    try:
-        kind = resolve(data["module"], data["type"])
-        if isinstance(kind, type) and issubclass(kind, Exception):
-            error = kind(data["message"])
-            if str(error) == data["message"]:
-                return error
-    except Exception:  # fall back to StepFailed below
-        pass
-    return StepFailed(name, seq, f"{data['module']}.{data['type']}", data["message"], ())
-
-
-def error_summary(text: str) -> str:
-    data = json.loads(text)
-    return f"{data['type']}: {data['message']}"

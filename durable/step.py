@@ -27,18 +27,12 @@ from durable.context import (
     current_workflow,
     default_retry_policy,
 )
+from durable.error_codec import dump_error, encode_error, rebuild_error
 from durable.exceptions import NonDeterminismError
 from durable.naming import qualified_name
 from durable.records import StepCheckpoint, StepStatus
 from durable.retry import RetryPolicy
-from durable.serialization import (
-    dump,
-    dump_error,
-    encode_error,
-    load,
-    rebuild_error,
-    return_type,
-)
+from durable.serialization import dump, load
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,7 +57,6 @@ class DurableStep(Generic[P, R]):
         self.name = name or qualified_name(fn)
         self.retry = retry
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.result_type = return_type(fn)
         functools.update_wrapper(self, fn)
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:

@@ -26,7 +26,7 @@ from durable.naming import (
     package_root,
     qualified_name,
 )
-from durable.serialization import ArgumentCodec, return_type
+from durable.serialization import ArgumentCodec
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,7 +52,6 @@ class Workflow(Generic[P, R]):
         """How many times it may run in all (the first run and each resumption after a
         crash); None: ``recovery.max_attempts``."""
         self.codec = ArgumentCodec(fn)
-        self.result_type = return_type(fn)
         functools.update_wrapper(self, fn)
         _registry[self.name] = self
 

@@ -29,7 +29,6 @@ from durable.exceptions import (
     OneshotError,
     StoreError,
     WorkflowFailed,
-    WorkflowNotRegistered,
 )
 from durable.persistence import store_from_settings
 from durable.records import LogFragment, NewTask, Stream, TaskKind, TaskRecord, WorkerState
@@ -38,7 +37,7 @@ from durable.retry import RetryPolicy
 from durable.serialization import load
 from durable.states import TaskState
 from durable.store import Store
-from durable.workflow import Workflow, get_workflow
+from durable.workflow import Workflow
 from orchestrator.logcapture import Tee
 from orchestrator.logview import OutputQuery, read_output
 from orchestrator.options import RunOptions
@@ -117,8 +116,6 @@ class TaskHandle:
 @dataclass(eq=False)
 class WorkflowHandle(TaskHandle):
     """A started workflow; :meth:`result` is its return value (or raises WorkflowFailed)."""
-
-    result_type: Any = Any
 
     async def result(self) -> Any:
         outcome = await self.outcome()
@@ -294,7 +291,7 @@ class AsyncOrchestrator:
         if record.kind == TaskKind.WORKFLOW:
             runner = WorkflowTask(self.store, record, default_retry=self.default_retry,
                                   worker=self.worker_id)
-            handle = WorkflowHandle(record.id, runner, result_type=_result_type(record))
+            handle = WorkflowHandle(record.id, runner)
             limiter = runner.slot = Slot(self.limiter)
         else:
             handle = TaskHandle(record.id, OneshotTask(
@@ -420,9 +417,3 @@ class AsyncOrchestrator:
             if not handle.done:
                 handle.let_go(LetGo.HAND_OVER)
 
-
-def _result_type(record: TaskRecord) -> Any:
-    try:
-        return get_workflow(record.workflow or "").result_type
-    except WorkflowNotRegistered:
-        return Any

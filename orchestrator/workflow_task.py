@@ -8,10 +8,11 @@ from typing import Any
 import anyio
 
 from durable.context import WorkflowContext, current_workflow
+from durable.error_codec import dump_error, error_summary
 from durable.exceptions import OneshotError, SerializationError, StoreError
 from durable.records import TaskRecord
 from durable.retry import RetryPolicy
-from durable.serialization import dump, dump_error, error_summary
+from durable.serialization import dump
 from durable.states import TaskState
 from durable.store import Store
 from durable.workflow import get_workflow

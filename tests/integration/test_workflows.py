@@ -19,6 +19,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import uuid
 from collections import Counter
@@ -43,11 +44,12 @@ from durable import (
 )
 from durable.naming import qualified_name
 from durable.records import NewTask, StepCheckpoint, StepStatus, TaskKind
+from durable.serialization import load
 from durable.states import TaskState
 from orchestrator import AsyncOrchestrator, TaskHandle
 from orchestrator.task import TaskResult
 from tests.replay_support import facts, same
-from tests.support import Database, persisted_only
+from tests.support import Database, make_store, persisted_only
 from tests.support import orchestrate as run_orchestrated
 
 WAIT_LIMIT = 15.0
@@ -710,6 +712,53 @@ def test_value_that_cannot_come_back_as_itself_fails_the_first_run_and_commits_n
     assert model == "pathlib.PosixPath is not a supported type (at .anything)"
     assert local.startswith(f"{qualified_name(Local)} is not a supported type")
     assert local.endswith("(at [1]['k'])")
+
+
+@persisted_only
+def test_submit_validates_plain_json_input_into_the_annotated_types(
+        database: Database, tmp_path: Path) -> None:
+    """`oneshot submit --workflow --input JSON`: plain JSON becomes the parameters' annotated
+    types, stored as themselves; input that does not fit exits 2, queueing nothing."""
+    flow = tmp_path / "submitted_flow.py"
+    flow.write_text(textwrap.dedent("""\
+        import datetime as dt
+        from durable import workflow
+
+        @workflow(name="submitted.flow")
+        async def flow(when: dt.datetime, pair: tuple[int, str], *, tags: set[str]) -> None:
+            return None
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ONESHOT_")}
+    env.update(database.env())
+
+    def submit(input_json: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "oneshot"), "submit", "--import", str(flow),
+             "--workflow", "submitted.flow", "--input", input_json],
+            capture_output=True, timeout=WAIT_LIMIT, env=env, cwd=tmp_path, check=False)
+
+    done = submit('{"when": "2024-01-02T03:04:05+00:00", "pair": [1, "a"], "tags": ["x"]}')
+    assert done.returncode == 0, done.stderr.decode()
+    task_id = done.stdout.decode().strip()
+    bad = submit('{"when": "not a date", "pair": [1, "a"], "tags": []}')
+    assert bad.returncode == 2
+    assert "--input does not fit workflow 'submitted.flow'" in bad.stderr.decode()
+
+    async def read() -> list[Any]:
+        store = make_store(database)
+        await store.open()
+        try:
+            return [await store.get_task(task_id), await store.list_tasks()]
+        finally:
+            await store.close()
+
+    record, tasks = anyio.run(read)
+    assert [task.id for task in tasks] == [task_id]
+    stored = load(record.input or "")
+    assert stored["when"] == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    assert type(stored["when"]) is dt.datetime
+    assert same({key: stored[key] for key in ("pair", "tags")},
+                {"pair": (1, "a"), "tags": {"x"}})
 
 
 def test_generator_functions_are_refused_when_decorated() -> None:
