@@ -58,6 +58,7 @@ def scripts(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Scripts]
     runner = Scripts(database_for(request.param, request, tmp_path), tmp_path)
     yield runner
     runner.kill_all()
+    (tmp_path / "gate").touch()  # a command left waiting (a failed test) ends by itself
 
 
 def kill_while_the_command_runs(scripts: Scripts) -> tuple[Path, Path, Path]:

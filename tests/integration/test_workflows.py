@@ -1101,6 +1101,36 @@ def test_unregistered_workflow_waits_for_a_process_that_registers_it(
 
 
 @persisted_only
+@pytest.mark.parametrize("on_startup", [True, False])
+def test_opening_an_orchestrator_resumes_interrupted_workflows_unless_told_not_to(
+        database: Database, on_startup: bool) -> None:
+    """``async with AsyncOrchestrator()`` resumes the orphaned workflows registered here as
+    it opens (``orch.resumed``) when ``recovery.on_startup``; with it off they stay put."""
+
+    @durable
+    async def shout(word: str) -> str:
+        return word.upper()
+
+    @workflow(name="open.shouter")
+    async def shouter(word: str) -> str:
+        return await shout(word)
+
+    setup = make_settings(database)
+    orphan = orchestrate(setup, lambda orch: create_orphan(orch, shouter.name, '{"word": "hi"}'))
+
+    async def body(orch: AsyncOrchestrator) -> Any:
+        resumed = [(handle.id, await handle.result()) for handle in orch.resumed]
+        return resumed, (await orch.store.get_task(orphan)).state
+
+    resumed, state = orchestrate(
+        make_settings(database, **{"recovery.on_startup": on_startup}), body)
+    if on_startup:
+        assert (resumed, state) == ([(orphan, "HI")], TaskState.COMPLETED)
+    else:
+        assert (resumed, state) == ([], TaskState.RUNNING)
+
+
+@persisted_only
 def test_recover_leaves_tasks_of_live_orchestrators_alone(settings: OneshotSettings) -> None:
     """A task owned by a running orchestrator (or a live process) is not an orphan."""
     release = anyio.Event()
